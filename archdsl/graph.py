@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import networkx as nx
 
 from . import cost as C
-from .blocks import ResidualStageSpec
 from .components import ShapeProblem, nested
 from .cost import Cost, TensorShape
 from .downsample import StridedBlockSpec
@@ -82,7 +81,7 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
     for i, stage in enumerate(spec.stages):
         path, part = ("stages", i), f"stage {i + 1}"
         ds = stage.downsample
-        if isinstance(ds, StridedBlockSpec) and not isinstance(stage, ResidualStageSpec):
+        if isinstance(ds, StridedBlockSpec) and not stage.takes_stride:
             report(path + ("downsample",), [ShapeProblem((), f"{stage.block} blocks cannot carry a stride",
                                                          "use patch_merging or conv(...)")])
             ds = None
