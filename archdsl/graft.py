@@ -37,9 +37,14 @@ channel mixing 7.47M (7.5). The L-MSA therefore has its own LN, qkv and output p
 the projection 11 grafts give 7.47M, not 7.9M), with the backbone's heads; ``Z`` keeps its skip
 connection as eq. 3 writes it. Swin-T: the grafts sit on every block but the model's first
 (stage 1 block 1 with 3 scales, 56 -> 28, 14, 7; stage 2 both blocks with 2; stage 3 all six with
-1; stage 4's 7x7 grid cannot be pooled by 2) giving 33.95M, 4.91 GFLOPs (paper 34.0, 5.1); with
-one scale everywhere and Swin's 7x7 windows kept at that scale 33.44M, 4.87 GFLOPs (paper 33.5,
-5.0; ``global_coarsest=false``, as the paper's order 1 scale < 3 scales in FLOPs implies). The
+1; stage 4's 7x7 grid cannot be pooled by 2) giving 33.95M (paper 34.0); with one scale everywhere
+(global, being the coarsest) 33.45M, 5.01 GFLOPs (paper 33.5, 5.0). The parameters pin this
+placement: a graft in stage 4 would add about 3.0M (5C^2 at C = 768), another scale in stage 3
+about 0.74M per graft. The 3-scale model's 5.1 GFLOPs is not reachable: its grafts add 0.400 G to
+Swin-T's 4.509 (stage 1's graft 0.062, stage 2's two 0.105, stage 3's six 0.234), 4.91 in all,
+where 5.05 needs 0.54; even global L-MSA at every scale (``window`` as large as the map, which
+section 2.2 rules out: intermediate scales "suffer the information discrepancy between local
+regions due to local receptive field") gives 5.047. The
 backbone of DeiT-T + GrafT uses Swin's unshifted window attention (section 3.1) with its relative
 position bias (12 x 507), no class token and average pooling (window attention has no class
 token), 5,723,116 parameters. The separate-FFN row (8.2M) is not reachable: an FFN of the

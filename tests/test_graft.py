@@ -167,7 +167,8 @@ def test_bad_options_name_the_field(write_spec, graft, kw, expected):
 
 # -- specs ----------------------------------------------------------------------------------------
 
-FIGURES = {  # spec: (paper params, paper GFLOPs); the separate-FFN row is unreachable (archdsl/graft.py)
+FIGURES = {  # spec: (paper params, paper GFLOPs); unreachable (archdsl/graft.py): the separate-FFN row, and
+    # Swin-T + GrafT's 5.1 GFLOPs (4.91 here, within the 5% below but not the printed rounding)
     "deit_t_graft": (7.9e6, 1.2e9),
     "swin_t_graft": (34.0e6, 5.1e9),
     "ablations/deit_t_graft_4": (6.5e6, 1.2e9),
@@ -184,7 +185,7 @@ MEASURED = {  # exact analytic figures, equal to the built model's
     "ablations/deit_t_graft_no_anti_alias": (7_779_445, 1_233_204_480),
     "ablations/deit_t_graft_no_channel_mix": (7_471_093, 1_212_817_344),
     "ablations/deit_t_graft_separate_ffn": (11_141_749, 1_871_104_512),
-    "ablations/swin_t_graft_1scale": (33_435_505, 4_873_359_360),
+    "ablations/swin_t_graft_1scale": (33_450_793, 5_006_125_056),
 }
 
 
