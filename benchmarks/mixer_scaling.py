@@ -5,10 +5,18 @@ and 112x112 (``--grids``), the analytic FLOPs of one block (norm, mixer, norm, M
 measured CPU forward time at batch 1, and the growth of each per 4x tokens (one grid step).
 
 How: a one-stage spec per mixer and grid (``patch_embed(patch=4)`` stem, one metaformer block)
-goes through ``archdsl.load_design`` (FLOPs) and ``build_model``; the block alone is timed on
-random tokens, median of ``--repeats`` runs after three warm-up runs. Times at 112x112 vary
-by up to 3x between runs on this machine (allocation of the large maps); rerun before trusting
-one growth ratio.
+goes through ``archdsl.load_design`` (FLOPs) and ``build_model``; the blocks of one mixer at all
+grids are timed on random tokens in interleaved rounds (one run per grid per round, so load from
+other processes falls on every grid alike), median of ``--repeats`` rounds after three warm-up
+rounds.
+
+Allocator: glibc's default malloc returns every block of more than its mmap threshold to the
+system when freed, so each forward pass on a 112x112 map maps and page-faults its buffers again;
+that alone made the 112x112 times 1.3-1.9x slower here (and the growth ratio from 56x56 up to
+7.6x for partial attention). The script therefore re-executes itself with
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824``
+(buffers stay on the heap and are reused) unless ``GLIBC_TUNABLES`` is already set;
+``--system-allocator`` keeps glibc's defaults, to compare.
 
 Reading the output: one row per mixer and grid, with the growth ratios. Linear mixers (window,
 IWSA, SSA with its reduction growing with the grid as ScalableViT's stages do, partial attention,
@@ -20,7 +28,9 @@ are flattened by fixed per-call overheads.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -46,35 +56,43 @@ def spec_text(mixer: str, graft: str, grid: int) -> str:
             f"stages:\n  - depth: 1\n    width: {WIDTH}\n    mixer: \"{mixer}\"\n{graft_line}head: {{classes: 10}}\n")
 
 
-def measure(mixer: str, graft: str, grid: int, repeats: int) -> tuple[int, float]:
-    """(FLOPs, median forward seconds) of one block, graft included, on a ``grid x grid`` map."""
-    design = archdsl.design_from_source(archdsl.read_text(spec_text(mixer, graft, grid)))
-    flops = sum(d["cost"].flops for _, d in design.nodes() if d["kind"] in ("block", "branch"))
-    block = archdsl.build_model(design).stages[0].blocks.eval()
-    x = torch.randn(1, grid * grid, WIDTH)
-    times = []
+REUSING_ALLOCATOR = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
+
+
+def measure(make, grids: list[int], repeats: int) -> list[tuple[int, float]]:
+    """(FLOPs, median forward seconds) of one block, graft included, on each ``grid x grid`` map."""
+    blocks, flops = [], []
+    for grid in grids:
+        mixer, graft = make(grid)
+        design = archdsl.design_from_source(archdsl.read_text(spec_text(mixer, graft, grid)))
+        flops.append(sum(d["cost"].flops for _, d in design.nodes() if d["kind"] in ("block", "branch")))
+        blocks.append((archdsl.build_model(design).stages[0].blocks.eval(), torch.randn(1, grid * grid, WIDTH)))
+    times = [[] for _ in grids]
     with torch.inference_mode():
-        for _ in range(3):  # warm-up: the allocator settles on the larger maps' buffers
-            block(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            block(x)
-            times.append(time.perf_counter() - start)
-    return flops, statistics.median(times)
+        for round_ in range(3 + repeats):
+            for (block, x), row in zip(blocks, times):
+                start = time.perf_counter()
+                block(x)
+                if round_ >= 3:
+                    row.append(time.perf_counter() - start)
+    return [(f, statistics.median(row)) for f, row in zip(flops, times)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", type=int, nargs="+", default=[14, 28, 56, 112])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--system-allocator", action="store_true", help="keep glibc malloc's default thresholds")
     args = parser.parse_args()
+    if not args.system_allocator and "GLIBC_TUNABLES" not in os.environ:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": REUSING_ALLOCATOR})
     warnings.filterwarnings("ignore", category=FutureWarning)
-    print(f"width {WIDTH}, batch 1, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"width {WIDTH}, batch 1, {torch.get_num_threads()} threads, median of {args.repeats} interleaved rounds, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     print(f"{'mixer':<14} {'grid':>8} {'GFLOPs':>9} {'ms':>9} {'FLOPs x':>8} {'time x':>7}")
     for name, make in MIXERS.items():
         previous = None
-        for grid in args.grids:
-            flops, seconds = measure(*make(grid), grid, args.repeats)
+        for grid, (flops, seconds) in zip(args.grids, measure(make, args.grids, args.repeats)):
             growth = ("", "") if previous is None else (f"{flops / previous[0]:.2f}", f"{seconds / previous[1]:.2f}")
             print(f"{name:<14} {grid:>4}x{grid:<3} {flops / 1e9:>9.4f} {seconds * 1e3:>9.2f} {growth[0]:>8} {growth[1]:>7}")
             previous = (flops, seconds)
