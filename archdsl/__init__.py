@@ -15,12 +15,13 @@ from .errors import Problem, SpecError
 from .graph import Design, build_graph
 from .source import Source, read_file, read_text
 from .spec import ModelSpec, validate_tree
+from .timm_registry import register_shipped_specs, register_spec
 from .timm_weights import load_timm_weights
 
 DEFAULT_MAX_PARAMS = 2_000_000_000
 
 __all__ = ["ArchModel", "Cost", "Design", "ModelSpec", "Problem", "Source", "SpecError", "TensorShape", "build_model",
-           "design_from_source", "load_design", "load_timm_weights", "read_file", "read_text"]
+           "design_from_source", "load_design", "load_timm_weights", "read_file", "read_text", "register_spec"]
 
 
 def design_from_source(source: Source, max_params: float = DEFAULT_MAX_PARAMS) -> Design:
@@ -47,3 +48,6 @@ def build_model(spec: str | Path | Source | Design, features_only: bool = False,
     if num_classes is not None and not features_only and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
     return model
+
+
+register_shipped_specs()

@@ -1,7 +1,12 @@
 """The compiled model has timm's interface: forward_features / forward_head, num_classes,
-reset_classifier, features_only with out_indices; it trains (forward and backward)."""
+reset_classifier, features_only with out_indices; every spec is a timm model that trains."""
+import numpy as np
 import pytest
+import timm
 import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from timm.optim import create_optimizer_v2
 
 import archdsl
 from conftest import ROOT, SPECS
@@ -49,15 +54,23 @@ def test_head_interface_and_reset_classifier():
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
-def test_trains_forward_and_backward(path):
-    model = archdsl.build_model(path, num_classes=5).train()
+def test_every_spec_is_a_timm_model_that_trains(path):
+    """timm.create_model by name, timm's data config and transform, one step of timm's optimizer."""
+    model = timm.create_model(f"archdsl_{path.stem}", num_classes=5)
+    config = resolve_data_config({}, model=model)
     image = model.design.graph.nodes["input"]["out_shape"]
-    x = torch.randn(2, image.channels, image.height, image.width)
-    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 3]))
+    assert config["input_size"] == (image.channels, image.height, image.width)
+    pixels = np.random.default_rng(0).integers(0, 256, (image.height + 37, image.width + 21, 3), dtype=np.uint8)
+    x = create_transform(**config)(Image.fromarray(pixels))
+    assert x.shape == (3, image.height, image.width)
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = torch.nn.functional.cross_entropy(model.train()(torch.stack([x, x.flip(-1)])), torch.tensor([0, 3]))
     loss.backward()
     assert torch.isfinite(loss)
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_drop_path_schedule_follows_timm():
