@@ -35,11 +35,13 @@ class Stage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Pool (mean over the grid, or the class token), optional pre-logits layer, dropout, linear."""
+    """Pool (mean over the grid, or the class token), optional pre-logits layer (after pooling, or
+    on every token before it), dropout, linear."""
 
     def __init__(self, spec: HeadSpec, shape: TensorShape):
         super().__init__()
         self.pool, self.prefix, self.tokens = spec.pool, shape.prefix, shape.layout == "NLC"
+        self.before_pool = bool(spec.pre_logits) and spec.pre_logits_before_pool
         self.pre_logits = nn.Identity()
         if spec.pre_logits:
             hidden = TensorShape("NLC", spec.pre_logits, 1, 1)
@@ -51,13 +53,16 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(self.num_features, spec.classes) if spec.classes else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.before_pool:
+            x = self.pre_logits(x if self.tokens else x.permute(0, 2, 3, 1))
+            x = x if self.tokens else x.permute(0, 3, 1, 2)
         if self.pool == "token":
             x = x[:, 0]
         elif self.tokens:
             x = x[:, self.prefix:].mean(dim=1)
         else:
             x = x.mean(dim=(2, 3))
-        x = self.drop(self.pre_logits(x))
+        x = self.drop(x if self.before_pool else self.pre_logits(x))
         return x if pre_logits else self.fc(x)
 
 
@@ -90,13 +95,19 @@ class ArchModel(nn.Module):
                 sequence[-1]["out_shape"]))
         self.stages = nn.Sequential(*stages)
         image = g.nodes["input"]["out_shape"]
-        self.feature_info = [dict(num_chs=s.out_shape.channels, reduction=image.height // s.out_shape.height,
-                                  module=f"stages.{i}") for i, s in enumerate(stages)]
+        maps = [i for i, stage in enumerate(self.spec.stages) if stage.outputs_map()]
+        info = {i: dict(num_chs=stages[i].out_shape.channels, reduction=image.height // stages[i].out_shape.height,
+                        module=f"stages.{i}") for i in maps}
+        self.feature_info = list(info.values())
         self.features_only = features_only
         n = len(stages)
-        self.out_indices = tuple(i % n for i in (out_indices if out_indices is not None else range(n)))
+        self.out_indices = tuple(i % n for i in (out_indices if out_indices is not None else maps))
         if features_only:
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            tokens_only = [i for i in self.out_indices if i not in info]
+            if tokens_only:
+                raise ValueError(f"stage {tokens_only[0] + 1} outputs tokens, not a feature map; stages with maps "
+                                 f"(out_indices): {', '.join(map(str, maps))}")
+            self.feature_info = [info[i] for i in self.out_indices]
             return
         final = g.nodes["head"]["in_shape"]
         self.norm = g.nodes["norm"]["component"].build(final) if "norm" in g else nn.Identity()

@@ -112,15 +112,17 @@ class ResNetStemSpec(Component):
 
 @STEMS.register
 class ConvStemSpec(Component):
-    """``conv(widths=[32, 64], kernel=3, strides=[2, 2], norm=batchnorm, act=relu)``: a stack of
-    conv-norm-act layers (padding ``kernel // 2``); the last has no activation when
-    ``last_act=false``; the convolutions have a bias when ``bias=true`` (default: only without a
-    norm)."""
+    """``conv(widths=[32, 64], kernel=3, strides=[2, 2], groups=null, norm=batchnorm, act=relu)``: a
+    stack of conv-norm-act layers (padding ``kernel // 2``); ``groups`` gives each layer's groups
+    (a layer whose groups equal its input and output width is depth-wise, e.g. MAT's stem, thesis
+    table 4.12); the last layer has no activation when ``last_act=false``; the convolutions have a
+    bias when ``bias=true`` (default: only without a norm)."""
 
     kind: Literal["conv"] = "conv"
     widths: list[Channels] = Field(min_length=1, max_length=16)
     kernel: Size = 3
     strides: list[Size] | None = None
+    groups: list[Size] | None = None
     norm: NormSpec | None = {"kind": "batchnorm"}
     act: Act = "relu"
     last_act: bool = True
@@ -130,13 +132,13 @@ class ConvStemSpec(Component):
         return self.norm is None if self.bias is None else self.bias
 
     def layers(self, image: TensorShape):
-        """(in shape, out shape, stride) of each conv layer."""
+        """(in shape, out shape, stride, groups) of each conv layer."""
         strides = self.strides or [2] * len(self.widths)
         shape = image
-        for width, stride in zip(self.widths, strides):
+        for width, stride, groups in zip(self.widths, strides, self.groups or [1] * len(self.widths)):
             out = TensorShape("NCHW", width, *(conv_out(s, self.kernel, stride, self.kernel // 2)
                                                 for s in (shape.height, shape.width)))
-            yield shape, out, stride
+            yield shape, out, stride, groups
             shape = out
 
     def out_shape(self, image: TensorShape, width: int) -> TensorShape:
@@ -146,15 +148,24 @@ class ConvStemSpec(Component):
         return self.widths[-1]
 
     def check(self, image: TensorShape, width: int) -> list[ShapeProblem]:
-        if self.strides is not None and len(self.strides) != len(self.widths):
-            return [ShapeProblem(("strides",), f"{len(self.strides)} strides for {len(self.widths)} layers",
-                                 "give one stride per width")]
-        return []
+        for name in ("strides", "groups"):
+            given = getattr(self, name)
+            if given is not None and len(given) != len(self.widths):
+                return [ShapeProblem((name,), f"{len(given)} {name} for {len(self.widths)} layers",
+                                     f"give one {name[:-1]} per width")]
+        problems = []
+        for i, (src, out, _, groups) in enumerate(self.layers(image)):
+            if src.channels % groups or out.channels % groups:
+                common = [d for d in divisors(src.channels) if out.channels % d == 0]
+                problems.append(ShapeProblem(("groups", i), f"layer {i + 1}: {groups} groups do not divide its "
+                                             f"{src.channels} input and {out.channels} output channels",
+                                             f"valid groups: {', '.join(map(str, common))}"))
+        return problems
 
     def cost(self, image: TensorShape, width: int) -> C.Cost:
         total = C.ZERO
-        for src, out, _ in self.layers(image):
-            total = total + C.conv2d(out.height, out.width, src.channels, out.channels, self.kernel,
+        for src, out, _, groups in self.layers(image):
+            total = total + C.conv2d(out.height, out.width, src.channels, out.channels, self.kernel, groups,
                                      bias=self.conv_bias())
             if self.norm:
                 total = total + self.norm.cost(out)
@@ -163,9 +174,9 @@ class ConvStemSpec(Component):
     def build(self, image: TensorShape, width: int) -> nn.Module:
         layers: list[nn.Module] = []
         convs = list(self.layers(image))
-        for i, (src, out, stride) in enumerate(convs):
+        for i, (src, out, stride, groups) in enumerate(convs):
             layers.append(nn.Conv2d(src.channels, out.channels, self.kernel, stride, self.kernel // 2,
-                                    bias=self.conv_bias()))
+                                    groups=groups, bias=self.conv_bias()))
             if self.norm:
                 layers.append(self.norm.build(out))
             if self.last_act or i < len(convs) - 1:

@@ -1,4 +1,5 @@
-"""Stage options: alternating mixers, CPVT's positional encoding generator, IWSA's LIM."""
+"""Stage, stem and head options: alternating mixers, CPVT's positional encoding generator, IWSA's LIM,
+a depth-wise stem layer, a pre-logits layer before pooling."""
 import pytest
 import torch
 
@@ -96,3 +97,51 @@ def test_lim_connects_windows(write_spec):
             moved = (blocks(changed) - blocks(x)).abs()[0, neighbour].max().item()
         assert (moved > 1e-4) is lim
         assert_costs_match(model)
+
+
+def test_conv_stem_groups_make_a_depthwise_layer(write_spec):
+    text = """
+        name: probe
+        input: 3x32x32
+        stem: conv(widths=[8, 8, 16], strides=[2, 1, 2], groups={groups})
+        stages: [{{depth: 1, width: 16, mixer: identity}}]
+        head: {{classes: 5}}
+        """
+    dense = archdsl.load_design(write_spec(text.format(groups="null")))
+    model = archdsl.build_model(write_spec(text.format(groups="[1, 8, 1]")))
+    assert model.stem[3].groups == 8 and model.stem[3].weight.shape == (8, 1, 3, 3)
+    assert dense.cost.params - model.design.cost.params == 8 * 8 * 9 - 8 * 9
+    assert_costs_match(model)
+    with pytest.raises(SpecError, match=r"stem\.groups\[1\]: layer 2: 3 groups do not divide its 8 input and 8 "
+                                        r"output channels; valid groups: 1, 2, 4, 8"):
+        archdsl.load_design(write_spec(text.format(groups="[1, 3, 1]")))
+    with pytest.raises(SpecError, match=r"stem\.groups: 2 groups for 3 layers"):
+        archdsl.load_design(write_spec(text.format(groups="[1, 8]")))
+
+
+@pytest.mark.parametrize("layout", ["window(size=4, heads=2)", "resnet"])
+def test_pre_logits_before_pooling(write_spec, layout):
+    """A linear pre-logits layer commutes with the mean; a GELU one does not; the FLOPs are the tokens'."""
+    stages = ("[{depth: 1, width: 16, mixer: \"window(size=4, heads=2)\"}]" if layout != "resnet" else
+              "[{block: basic, depth: 1, width: 16}]")
+    stem = "patch_embed(patch=4)" if layout != "resnet" else "conv(widths=[16], strides=[4])"
+
+    def build(act: str, before: bool):
+        torch.manual_seed(0)
+        return archdsl.build_model(write_spec(f"""
+            name: probe
+            input: 3x32x32
+            stem: {stem}
+            stages: {stages}
+            head: {{classes: 5, pre_logits: 24, pre_logits_act: {act}, pre_logits_before_pool: {str(before).lower()}}}
+            """)).eval()
+
+    x = torch.randn(2, 3, 32, 32)
+    for act, commutes in [("identity", True), ("gelu", False)]:
+        after, before = build(act, False), build(act, True)
+        before.load_state_dict(after.state_dict())
+        assert torch.allclose(after(x), before(x), atol=1e-5) == commutes
+        assert before.design.cost.params == after.design.cost.params
+        head = before.design.part_cost("head").flops - after.design.part_cost("head").flops
+        assert head == (64 - 1) * 16 * 24 + 64 * (24 - 16)  # 8x8 tokens through the layer, a wider mean
+        assert_costs_match(before)

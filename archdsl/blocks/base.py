@@ -42,6 +42,11 @@ class StageSpec(Component):
         graph shows them as nodes; the block's module holds them)."""
         return {}
 
+    def outputs_map(self) -> bool:
+        """Whether the stage outputs a feature map over the image's grid (false: a set of tokens
+        with no place on it, such as visual tokens; no dense-task feature, no stride)."""
+        return True
+
     def block_cost(self, index: int, shape: TensorShape) -> C.Cost:
         """Block ``index``'s parameters and FLOPs, side branches excluded, given its input."""
         raise NotImplementedError
