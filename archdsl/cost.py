@@ -100,3 +100,9 @@ def attention(batch_heads: int, q_tokens: int, kv_tokens: int, qk_dim: int, v_di
 def mean(numel: int) -> Cost:
     """A mean over tokens or pixels: one FLOP per input element (as fvcore's adaptive pooling)."""
     return Cost(0, numel)
+
+
+def grid_sample(out_numel: int) -> Cost:
+    """Bilinear sampling (``F.grid_sample``): fvcore's ``aten::grid_sampler`` handle counts 4 FLOPs
+    per output element."""
+    return Cost(0, 4 * out_numel)

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from pydantic import Field
 
 from . import cost as C
@@ -122,6 +123,77 @@ class StridedBlockSpec(Component):
 
     kind: Literal["strided"] = "strided"
     stride: Size = 2
+
+
+@DOWNSAMPLES.register
+class BilinearPESpec(Component):
+    """``bilinear(kernel=3, stride=2)``: MAT's Bilinear PE (Vo 2023, thesis section 4.3.2, figure 4.3,
+    table 4.12): a ``kernel x kernel`` depth-wise convolution with ``stride``, a 1x1 convolution to
+    the stage's width, then bilinear sampling of that map at a regular grid of reference points
+    (its pixel centres) moved by offsets predicted from it by a 1x1 convolution (2 channels, in
+    output pixels, initialised to zero so sampling starts on the regular grid).
+
+    Decisions: table 4.12 lists the layers in this order, with the depth-wise convolution at the
+    input width and the 1x1 at the stage's width, so the sampling comes last and samples the
+    stage-width map (sampling the input would leave the width unchanged); figure 4.3 has the
+    offsets learned through the depth-wise and 1x1 convolutions, conditioned on the input, here
+    by the 2-channel 1x1 offset head on their output (``2 C_out + 2`` parameters). All
+    convolutions have a bias; no norm, no activation (none listed). Zero padding outside the map.
+    Parameters: ``k^2 C_in + C_in + C_in C_out + C_out + 2 C_out + 2`` (MAT-2's three: 46,598; the
+    pure-MLP ablation's 5.699M, table 4.9, is met with these to 100 parameters)."""
+
+    kind: Literal["bilinear"] = "bilinear"
+    kernel: Size = 3
+    stride: Size = 2
+
+    def out_shape(self, shape: TensorShape, width: int) -> TensorShape:
+        size = [conv_out(s, self.kernel, self.stride, self.kernel // 2) for s in (shape.height, shape.width)]
+        return TensorShape(shape.layout, width, *size)
+
+    def check(self, shape: TensorShape, width: int, where: str) -> list[ShapeProblem]:
+        return _plain_grid(shape, "bilinear patch embedding")
+
+    def cost(self, shape: TensorShape, width: int) -> C.Cost:
+        out = self.out_shape(shape, width)
+        c = shape.channels
+        return (C.conv2d(out.height, out.width, c, c, self.kernel, groups=c) + C.conv2d(out.height, out.width, c, width, 1)
+                + C.conv2d(out.height, out.width, width, 2, 1) + C.grid_sample(out.numel))
+
+    def build(self, shape: TensorShape, width: int) -> nn.Module:
+        out = self.out_shape(shape, width)
+        return BilinearPE(shape, width, (out.height, out.width), self.kernel, self.stride)
+
+
+def reference_points(height: int, width: int) -> torch.Tensor:
+    """``(1, height, width, 2)``: the pixel centres as ``grid_sample`` coordinates ``(x, y)`` in
+    [-1, 1] (``align_corners=False``)."""
+    ys = (2 * torch.arange(height) + 1) / height - 1
+    xs = (2 * torch.arange(width) + 1) / width - 1
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0)
+
+
+class BilinearPE(nn.Module):
+    def __init__(self, src: TensorShape, width: int, out_grid: tuple, kernel: int, stride: int):
+        super().__init__()
+        c = src.channels
+        self.tokens, self.grid = src.layout == "NLC", (src.height, src.width)
+        self.dwconv = nn.Conv2d(c, c, kernel, stride, kernel // 2, groups=c)
+        self.pwconv = nn.Conv2d(c, width, 1)
+        self.offset = nn.Conv2d(width, 2, 1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        height, out_width = out_grid
+        self.register_buffer("reference", reference_points(height, out_width), persistent=False)
+        self.register_buffer("pixel", torch.tensor([2 / out_width, 2 / height]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            x = tokens_to_map(x, self.grid)
+        y = self.pwconv(self.dwconv(x))
+        points = self.reference + self.offset(y).permute(0, 2, 3, 1) * self.pixel
+        out = F.grid_sample(y, points, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return map_to_tokens(out) if self.tokens else out
 
 
 DownsampleSpec = DOWNSAMPLES.union()
