@@ -105,7 +105,9 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
         outs = stage.block_shapes(shape)
         if _too_small(outs[0], path, f"stage {i + 1}", problems):
             break
-        where = _where(i, image, outs[-1])
+        # the grid the blocks work on: their output's, or their input's where a block leaves the stage's
+        # layout (a visual_transformer stage whose last block outputs tokens)
+        where = _where(i, image, outs[0] if outs[0].layout == stage.layout else shape)
         found = stage.check_blocks(shape, where)
         if stage.peg is not None:
             found += nested(("peg",), stage.peg.check(stage.depth))

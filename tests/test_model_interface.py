@@ -34,6 +34,27 @@ def test_features_only_returns_stage_maps(spec):
         assert torch.allclose(last_only(x)[0], maps[-1])
 
 
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_gives_dense_task_features(path):
+    """features_only: NCHW maps of every stage that has one, as feature_info says, strides rising."""
+    model = archdsl.build_model(path, features_only=True).eval()
+    image = model.design.graph.nodes["input"]["out_shape"]
+    with torch.inference_mode():
+        maps = model(torch.randn(1, image.channels, image.height, image.width))
+    assert len(maps) == len(model.feature_info) >= 1
+    for fmap, info in zip(maps, model.feature_info):
+        assert fmap.shape == (1, info["num_chs"], image.height // info["reduction"], image.width // info["reduction"])
+    reductions = [info["reduction"] for info in model.feature_info]
+    assert reductions == sorted(set(reductions)) and reductions[0] >= 2
+
+
+def test_a_stage_of_tokens_is_not_a_feature():
+    model = archdsl.build_model(ROOT / "specs" / "vt_r50.yaml", features_only=True)
+    assert [i["reduction"] for i in model.feature_info] == [4, 8, 16] and model.out_indices == (0, 1, 2)
+    with pytest.raises(ValueError, match=r"stage 4 outputs tokens, not a feature map; .*: 0, 1, 2"):
+        archdsl.build_model(ROOT / "specs" / "vt_r50.yaml", features_only=True, out_indices=(2, 3))
+
+
 def test_head_interface_and_reset_classifier():
     model = archdsl.build_model(ROOT / "specs" / "swin_t.yaml").eval()
     x = torch.randn(2, 3, 224, 224)
