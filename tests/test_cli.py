@@ -25,10 +25,12 @@ def total_gflops(out: str, label: str) -> float:
 
 
 def test_validate_reports_window_problem_with_valid_sizes(capsys, write_spec):
-    path = write_spec((ROOT / "specs" / "swin_t.yaml").read_text().replace("input: 3x224x224", "input: 3x384x384"))
+    text = (ROOT / "specs" / "swin_t.yaml").read_text().replace("input: 3x224x224", "input: 3x384x384")
+    line = text.splitlines().index("    mixer: window(size=7, heads=24, shift=true)") + 1
+    path = write_spec(text)
     code, out, err = run(capsys, "validate", str(path))
     assert code == 2 and not out
-    assert re.search(rf"^{re.escape(str(path))}:23:19: stages\[3\]\.mixer\.size: window 7 does not divide the 12x12 "
+    assert re.search(rf"^{re.escape(str(path))}:{line}:19: stages\[3\]\.mixer\.size: window 7 does not divide the 12x12 "
                      r"token grid of stage 4 \(input 384x384, stride 32\); valid sizes: 1, 2, 3, 4, 6, 12$", err, re.M)
 
 
