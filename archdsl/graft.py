@@ -26,7 +26,15 @@ attention backbone; clipped to the grid, as Swin does), ``heads`` (default the b
 coarsest scale's L-MSA attends over its whole map at any input size; false: it keeps the window,
 so it is global only where the map is no larger than the window, which is how the paper words it,
 "global-attention in the coarsest scale, as window-size becomes the same as the resolution"),
-``shared_ffn``, ``anti_alias``, ``channel_mix``.
+``shared_ffn``, ``anti_alias``, ``channel_mix``, ``zero_init``.
+
+Initialisation: LayerNorms at ones and zeros, linears as PyTorch's default (Kaiming-uniform), the
+anti-aliasing embedding and the relative position bias table from a normal of std 0.02. A new graft
+therefore adds a term at once: on a pretrained backbone it changes the output at step 0
+(``examples/graft_pretrained_swin.py`` measures it). ``zero_init=true`` starts the finest scale's
+channel-mixing linear at zero, so the graft adds exactly nothing until it has learned (its linear
+gets gradients at the first step, the rest of the graft from the second), and the grafted model
+starts as the pretrained backbone.
 
 Decisions (checked by parameter arithmetic against the paper's tables, DeiT-T, C = 192, one
 scale, 7x7 coarse grid, per graft): down LN 384; L-MSA LN 384 + qkv 111,168 + proj 37,056 +
@@ -87,7 +95,8 @@ BlockChoice = Annotated[Literal["all_but_first", "all"] | list[int], PlainValida
 
 class GraftSpec(Component):
     """``graft(scales=1, ratio=2, blocks=all_but_first, shared_ffn=true, anti_alias=true,
-    channel_mix=true, window=null, heads=null)``: GrafT branches on a metaformer stage."""
+    channel_mix=true, window=null, heads=null, zero_init=false)``: GrafT branches on a metaformer
+    stage."""
 
     kind: Literal["graft"] = "graft"
     blocks: BlockChoice = "all_but_first"
@@ -101,6 +110,7 @@ class GraftSpec(Component):
     shared_ffn: bool = True
     anti_alias: bool = True
     channel_mix: bool = True
+    zero_init: bool = False
 
     # -- layout -------------------------------------------------------------------------------
     def positions(self, depth: int) -> list[int]:
@@ -154,6 +164,11 @@ class GraftSpec(Component):
             return problems
         if self.heads is not None:
             problems += check_heads(self.heads, shape.channels)
+        if self.zero_init and not (self.channel_mix and self.shared_ffn):
+            problems.append(ShapeProblem(("zero_init",), "zero_init starts the finest scale's channel-mixing linear at "
+                                         "zero, which needs channel_mix=true and shared_ffn=true (a separate FFN "
+                                         "adds a term of its own even to a zero input)",
+                                         "set channel_mix and shared_ffn to true, or zero_init to false"))
         h, w = shape.height, shape.width
         for b in range(1, self.scales + 1):
             if h % self.ratio or w % self.ratio or h < self.ratio or w < self.ratio:
@@ -212,6 +227,9 @@ class GraftSpec(Component):
                   for b in range(1, self.scales + 1)]
         ffn = None if self.shared_ffn else (nn.LayerNorm(shape.channels),
                                             Mlp(shape.channels, hidden, act_layer=get_act_layer(act)))
+        if self.zero_init:
+            nn.init.zeros_(levels[0].mix[-1].weight)
+            nn.init.zeros_(levels[0].mix[-1].bias)
         return Graft(shape, levels, ffn)
 
     def describe(self) -> str:

@@ -1,6 +1,7 @@
 """GrafT (issue #3): the ``graft`` stage option, its cost model, behaviour, options, errors and specs."""
 import pytest
 import torch
+import timm
 
 import archdsl
 from archdsl import SpecError
@@ -205,3 +206,25 @@ def test_spec_builds_trains_and_matches_its_figures(name):
     out.square().mean().backward()
     grafted = [b.graft for b in model.modules() if getattr(b, "graft", None) is not None]
     assert grafted and all(p.grad is not None for g in grafted for p in g.parameters())
+
+
+def test_zero_init_grafts_start_as_the_pretrained_backbone():
+    """load_timm_weights(new=("graft",)) fills the backbone from timm's Swin-T; with zero_init the grafted
+    model computes timm's function at step 0, without it the grafts change it."""
+    backbone = timm.create_model("swin_tiny_patch4_window7_224").eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        reference = backbone(x)
+    text = (ROOT / "specs" / "swin_t_graft.yaml").read_text()
+    for zero_init in (True, False):
+        spec = text.replace("graft(", "graft(zero_init=true, ") if zero_init else text
+        model = archdsl.build_model(archdsl.read_text(spec)).eval()
+        pairs = archdsl.load_timm_weights(model, backbone, new=("graft",))
+        new = set(model.state_dict()) - {ours for ours, _ in pairs}
+        assert new and all(".graft." in key for key in new) and len(pairs) == len(backbone.state_dict())
+        with torch.no_grad():
+            change = (model(x) - reference).abs().max().item()
+        assert (change < 1e-5) == zero_init, change
+    with pytest.raises(SpecError, match=r"graft\.zero_init: zero_init .* needs channel_mix=true"):
+        archdsl.load_design(archdsl.read_text(text.replace("graft(scales=3)", "graft(scales=3, zero_init=true, "
+                                                                                "channel_mix=false)")))
