@@ -1,4 +1,5 @@
-# Two commands: `make demo` (set up, then build the default spec) and `make test` (set up, run all tests).
+# Two commands: `make demo` (set up, build the default spec, then a 3-trial budgeted search on digits) and
+# `make test` (set up, run all tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/archdsl build $(SPEC)
+	rm -rf results/demo
+	$(BIN)/archdsl search search/mixer_placement.yaml --trials 3 --out results/demo
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -1,18 +1,20 @@
-"""``archdsl validate|build|flops SPEC``: check a spec, build it, count its cost."""
+"""``archdsl validate|build|flops|search SPEC``: check a spec, build it, count its cost, search a space."""
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
+import typing
 import warnings
+from pathlib import Path
 
 from . import DEFAULT_MAX_PARAMS, build_model, design_from_source
 from .errors import Problem, SpecError
-from .expr import Choice, ExprError, FloatRange, evaluate, parse, thaw
+from .expr import ExprError, evaluate, parse
 from .graph import Design
+from .search.settings import Objective, SearchSettings, load_search, split_search_section
+from .search.space import dimensions, extremes, substitute
 from .source import Source, read_file
-from .spec import search_forms
 
 EXIT_INVALID = 2
 
@@ -93,43 +95,28 @@ def _pretty(rows: list[dict]) -> list[dict]:
 
 
 def cmd_validate(args) -> int:
-    source = _source(args)
-    forms = search_forms(source.tree)
-    if not forms:
+    source, settings = split_search_section(_source(args))
+    dims = dimensions(source.tree)
+    if not dims:
         design = design_from_source(source, args.max_params)
         cost = design.cost
         print(f"{args.spec}: ok: {design.spec.name}, {fmt_params(cost.params)} params, {fmt_flops(cost.flops)} FLOPs")
         return 0
     problems: dict[str, Problem] = {}
-    for path, form in forms:
-        for option in _extremes(form):
-            trial = copy.deepcopy(source)
-            for other, other_form in forms:
-                _put(trial.tree, other, option if other == path else _extremes(other_form)[0])
+    for dim in dims:
+        for option in extremes(dim.form):
+            values = {path: option if other is dim else extremes(other.form)[0]
+                      for other in dims for path in other.paths}
             try:
-                design_from_source(trial, args.max_params)
+                design_from_source(substitute(source, values), args.max_params)
             except SpecError as exc:
                 for p in exc.problems:
                     problems.setdefault(str(p), p)
     if problems:
         raise SpecError(list(problems.values()))
-    print(f"{args.spec}: ok: a search space of {len(forms)} choices; every option validates")
+    search = f"; search: {', '.join(settings.objective)} under {fmt_flops(settings.budget.flops)} FLOPs" if settings else ""
+    print(f"{args.spec}: ok: a search space of {len(dims)} choices; every option validates{search}")
     return 0
-
-
-def _extremes(form) -> list:
-    """The values a search form is validated at: every option, or a range's two ends."""
-    if isinstance(form, Choice):
-        return [thaw(o) for o in form.options]
-    if isinstance(form, FloatRange):
-        return [form.lo, form.hi]
-    return [form.lo, form.hi - (form.hi - form.lo) % form.step]
-
-
-def _put(tree, path: tuple, value):
-    for part in path[:-1]:
-        tree = tree[part]
-    tree[path[-1]] = value
 
 
 def cmd_build(args) -> int:
@@ -202,6 +189,65 @@ def cmd_flops(args) -> int:
     return 0
 
 
+def _objectives(text: str) -> list[str]:
+    """``train`` or ``train,flops``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = typing.get_args(Objective)
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown objective {', '.join(unknown) or text!r}; known: {', '.join(known)}")
+    return names
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _folder(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder (an ImageFolder: one sub-folder per class)")
+    return text
+
+
+def cmd_search(args) -> int:
+    import torch
+
+    from .search.runner import Search, SearchStopped
+
+    torch.set_num_threads(args.threads)
+    search = load_search(args.spec, model_input=args.input)
+    settings = search.settings.model_dump()
+    for key in ("trials", "objective", "seed", "sampler"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.data:
+        settings["data"]["dataset"] = args.data
+    search.settings = SearchSettings.model_validate(settings)
+    out = Path(args.out) if args.out else Path("results") / (args.study or search.name)
+    runner = Search(search, out, storage=args.storage, study_name=args.study, max_params=args.max_params,
+                    progress=not args.no_progress)
+    try:
+        outcome = runner.run()
+    except SearchStopped as exc:
+        print(f"{args.spec}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue the study", file=sys.stderr)
+        return 130
+    print(outcome.summary)
+    if not outcome.best:
+        print("no trial completed; see the reasons in trials.csv", file=sys.stderr)
+    else:
+        title = "Pareto front" if len(runner.metrics) > 1 else "best trial"
+        print(f"{title}:\n{outcome.table}")
+    specs = sorted((out / "best").glob("*.yaml"))
+    print(f"results in {out}/: trials.csv, trials_vs_flops.png"
+          + (f", {len(specs)} spec(s) in best/ (archdsl build {specs[0]})" if specs else ""))
+    return 0 if outcome.best else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = argparse.ArgumentParser(prog="archdsl", description="Vision backbones from YAML specs.")
@@ -222,6 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     flops = command("flops", "params and FLOPs per stage and in total", cmd_flops)
     flops.add_argument("--trace", action="store_true", help="also count the built model under fvcore")
     flops.add_argument("--json", action="store_true", help="machine-readable output")
+    search = command("search", "budgeted architecture search over a search file's space", cmd_search)
+    search.add_argument("--trials", type=_count, help="trials the study runs to (default: the file's search.trials)")
+    search.add_argument("--objective", type=_objectives, help="train, proxy, latency, flops, params, or several "
+                        "separated by commas (a Pareto front), e.g. train,flops")
+    search.add_argument("--seed", type=lambda t: _count(t) if t != "0" else 0, help="sampler and training seed (default: the file's, else 0)")
+    search.add_argument("--sampler", choices=("tpe", "random", "nsga2"), help="default: the file's, else tpe")
+    search.add_argument("--data", type=_folder, help="an ImageFolder to train and score on instead of digits")
+    search.add_argument("--out", help="results folder (default results/STUDY)")
+    search.add_argument("--storage", help="an Optuna RDB URL shared by several workers, e.g. "
+                        "postgresql://user@host/db (default: sqlite in the results folder)")
+    search.add_argument("--study", help="study name (default: the search file's name)")
+    search.add_argument("--threads", type=_count, default=1, help="torch threads of this worker (default 1: tiny "
+                        "models gain nothing from more, and a busy machine loses; run more workers instead)")
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

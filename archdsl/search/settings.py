@@ -1,0 +1,151 @@
+"""A search file: a model spec with search forms, plus its ``search:`` section (validated here).
+
+```yaml
+search:
+  objective: train            # train | proxy | latency | flops | params, or a list of them (Pareto front)
+  trials: 20                  # trials the study runs to (completed or pruned; failed ones are redone)
+  budget: {flops: 30M, params: 1M, latency: 20}   # latency: ms, median at batch 1 on the CPU
+  sampler: tpe                # tpe | random | nsga2
+  seed: 0
+  input: 3x32x32              # the input the objective runs at (default: the model's; the budget is
+                              # always counted at the model's input)
+  max_rejections: 1000        # candidates rejected in a row before the search stops
+  data: {dataset: digits, epochs: 3, batch: 64, lr: 2e-3, weight_decay: 0.05, pruner: median, proxy_batch: 64}
+```
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import SpecError, did_you_mean
+from ..source import Source, read_file
+from ..spec import _shape_to_input, InputSpec
+from .space import Dimension, dimensions
+
+Objective = Literal["train", "proxy", "latency", "flops", "params"]
+OBJECTIVE_HELP = "train (validation accuracy), proxy (NASWOT score), latency (ms), flops, params"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(Settings):
+    """What a candidate may cost: analytic ``flops`` and ``params`` at the model's input, checked
+    before anything is built; ``latency`` (ms, median at batch 1, CPU) measured on the built model,
+    before it is trained."""
+
+    flops: int = Field(gt=0)
+    params: int | None = Field(default=None, gt=0)
+    latency: float | None = Field(default=None, gt=0)
+
+
+class DataSettings(Settings):
+    """The images the objectives see: ``digits`` (scikit-learn's, upscaled to the objective's
+    input, fixed 80/20 split) or an ImageFolder path; training and proxy options."""
+
+    dataset: str = "digits"
+    epochs: int = Field(default=3, ge=1, le=1000)
+    batch: int = Field(default=64, ge=1, le=4096)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    pruner: Literal["median", "none"] = "median"
+    proxy_batch: int = Field(default=64, ge=2, le=1024)
+
+
+def _as_list(value):
+    return [value] if isinstance(value, str) else value
+
+
+class SearchSettings(Settings):
+    """The ``search:`` section of a search file."""
+
+    objective: Annotated[list[Objective], BeforeValidator(_as_list)] = Field(default=["train"], min_length=1)
+    trials: int = Field(default=20, ge=1, le=100_000)
+    budget: Budget
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"
+    seed: int = Field(default=0, ge=0)
+    input: Annotated[InputSpec | None, BeforeValidator(_shape_to_input)] = None
+    max_rejections: int = Field(default=1000, ge=1)
+    data: DataSettings = DataSettings()
+
+    @field_validator("objective")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("an objective is named twice")
+        return names
+
+
+@dataclass
+class SearchFile:
+    """A read search file: the base model (a spec with forms), its dimensions, its settings."""
+
+    base: Source
+    dims: list[Dimension]
+    settings: SearchSettings
+
+    @property
+    def name(self) -> str:
+        return Path(self.base.file).stem
+
+
+def split_search_section(source: Source) -> tuple[Source, SearchSettings | None]:
+    """The model part of a read file and its validated ``search:`` section (None without one)."""
+    if not isinstance(source.tree, dict) or "search" not in source.tree:
+        return source, None
+    section = source.tree.pop("search")
+    if not isinstance(section, dict):
+        raise SpecError([source.problem(("search",), "the search section is not a mapping",
+                                        "write search: {objective: ..., budget: {flops: ...}, ...}")])
+    try:
+        return source, SearchSettings.model_validate(section)
+    except ValidationError as exc:
+        problems = [_problem(source, section, err) for err in exc.errors(include_url=False)]
+        raise SpecError(sorted(problems, key=lambda p: (p.line, p.col))) from None
+
+
+def _problem(source: Source, section: dict, err: dict):
+    """A pydantic error of the search section at its position in the file."""
+    path, node = ["search"], section
+    for part in err["loc"]:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) \
+                and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif err["type"] in ("extra_forbidden", "missing") and part == err["loc"][-1]:
+            path.append(part)
+    path = tuple(path)
+    if err["type"] == "extra_forbidden":
+        owner = _settings_class(err["loc"][:-1])
+        return source.problem(path, f"unknown option {path[-1]!r}", did_you_mean(str(path[-1]), owner.model_fields),
+                              key=True)
+    if err["type"] == "missing":
+        example = {"budget": "budget: {flops: 30M} (params and latency optional)", "flops": "flops: 30M"}
+        return source.problem(path, f"required option {path[-1]!r} is missing",
+                              f"add {example.get(path[-1], str(path[-1]) + ': ...')}")
+    hint = err["msg"][0].lower() + err["msg"][1:]
+    if path[:2] == ("search", "objective"):
+        hint = f"{hint}; objectives: {OBJECTIVE_HELP}"
+    shown = repr(err.get("input"))[:80]
+    return source.problem(path, f"{shown} is not valid", hint.replace("value error, ", ""))
+
+
+def _settings_class(loc: tuple) -> type[Settings]:
+    return {"budget": Budget, "data": DataSettings}.get(loc[0] if loc else None, SearchSettings)
+
+
+def load_search(path: str | Path, model_input: list[int] | None = None) -> SearchFile:
+    """Read a search file; raises SpecError naming every problem of its search section."""
+    source = read_file(path)
+    source, settings = split_search_section(source)
+    if settings is None:
+        raise SpecError([source.problem((), "this spec has no search section",
+                                        "add search: {objective: train, budget: {flops: 30M}}")])
+    if model_input:
+        source.tree["input"] = model_input
+    return SearchFile(source, dimensions(source.tree), settings)
