@@ -1,4 +1,5 @@
-"""``archdsl validate|build|flops|search SPEC``: check a spec, build it, count its cost, search a space."""
+"""``archdsl validate|build|flops|graph|search SPEC`` and ``archdsl schema``: check a spec, build it,
+count its cost, draw it, search a space; print the spec language's JSON Schema."""
 from __future__ import annotations
 
 import argparse
@@ -248,6 +249,26 @@ def cmd_search(args) -> int:
     return 0 if outcome.best else 1
 
 
+def cmd_graph(args) -> int:
+    from .drawing import FORMATS, draw
+
+    if Path(args.output).suffix not in FORMATS:
+        raise SystemExit(f"archdsl graph: {args.output} must end in {', '.join(FORMATS)}")
+    path = draw(_design(args), args.output)
+    print(f"{args.spec}: drawn to {path}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .schema import schema_text
+
+    if args.output:
+        Path(args.output).write_text(schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = argparse.ArgumentParser(prog="archdsl", description="Vision backbones from YAML specs.")
@@ -268,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     flops = command("flops", "params and FLOPs per stage and in total", cmd_flops)
     flops.add_argument("--trace", action="store_true", help="also count the built model under fvcore")
     flops.add_argument("--json", action="store_true", help="machine-readable output")
+    command("graph", "draw the model graph (stem, stages, blocks, branches, head)", cmd_graph).add_argument(
+        "-o", "--output", required=True, help="a .png, .svg or .dot file")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
+    schema.add_argument("-o", "--output", help="write it to this file instead (archdsl.schema.json)")
+    schema.set_defaults(func=cmd_schema)
     search = command("search", "budgeted architecture search over a search file's space", cmd_search)
     search.add_argument("--trials", type=_count, help="trials the study runs to (default: the file's search.trials)")
     search.add_argument("--objective", type=_objectives, help="train, proxy, latency, flops, params, or several "

@@ -11,7 +11,7 @@ from archdsl.cli import main
 from archdsl.components import MIXERS
 from conftest import ROOT
 
-SPEC = {name: str(ROOT / "specs" / f"{name}.yaml") for name in ("deit_t", "swin_t", "resnet18", "resnet50")}
+SPEC = {name: str(ROOT / "specs" / f"{name}.yaml") for name in ("deit_t", "swin_t", "resnet18", "resnet50", "swin_t_graft")}
 
 
 def run(capsys, *argv):
@@ -121,3 +121,18 @@ def test_console_script():
     done = subprocess.run([sys.executable, "-m", "archdsl", "validate", "/nonexistent.yaml"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "cannot read the file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_graph_draws_the_graft_branches(capsys, tmp_path):
+    code, out, _ = run(capsys, "graph", SPEC["swin_t_graft"], "-o", str(tmp_path / "x.png"))
+    assert code == 0 and (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, _ = run(capsys, "graph", SPEC["swin_t_graft"], "-o", str(tmp_path / "x.dot"))
+    dot = (tmp_path / "x.dot").read_text()
+    assert code == 0 and dot.count('[label="graft') == 9 and "stage 1: 56x56, 96 channels, stride 4" in dot
+
+
+def test_schema_is_printed_and_written(capsys, tmp_path):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0 and out == (ROOT / "archdsl.schema.json").read_text()
+    code, _, _ = run(capsys, "schema", "-o", str(tmp_path / "s.json"))
+    assert code == 0 and (tmp_path / "s.json").read_text() == out
