@@ -45,6 +45,11 @@ class Component(BaseModel):
         return typing.get_args(cls.model_fields[key].annotation)[0]
 
 
+def as_list(value: Any) -> Any:
+    """One value stands for a list of one (``mixer: window(...)`` = ``mixer: [window(...)]``)."""
+    return value if isinstance(value, list) else [value]
+
+
 def bare_name(value: Any) -> Any:
     """A bare name (``layernorm``) is the call with no options (``layernorm()``)."""
     return {"kind": value} if isinstance(value, str) else value

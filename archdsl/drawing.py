@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cost as C
 from .graph import Design
 
 FORMATS = (".png", ".svg", ".dot")
@@ -53,7 +54,7 @@ def rows(design: Design) -> list[Row]:
         if kind == "input":
             out.append(Row(name, "", "input", _shape(d["out_shape"])))
             continue
-        cost = d["cost"] + sum((g.nodes[b]["cost"] for b, _ in branches.get(name, [])), type(d["cost"])())
+        cost = C.total([d["cost"], *(g.nodes[b]["cost"] for b, _ in branches.get(name, []))])
         if kind == "block":
             title = d["label"]
         elif kind == "head":
@@ -68,7 +69,7 @@ def rows(design: Design) -> list[Row]:
         previous = out[-1] if out else None
         if (kind == "block" and previous and previous.part == row.part and previous.title == row.title
                 and [b[1] for b in previous.branches] == [b[1] for b in row.branches]
-                and previous.detail.split(" | ")[0] == row.detail.split(" | ")[0] and previous.name.count(".blocks.")):
+                and previous.detail.split(" | ")[0] == row.detail.split(" | ")[0] and ".blocks." in previous.name):
             previous.count += 1
             if previous.count == 2:
                 previous.detail = previous.detail.replace(" | ", " | each: ", 1)

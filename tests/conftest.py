@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
+
+from archdsl.cost import TensorShape
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("**/*.yaml"))
@@ -23,3 +26,29 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small ops on small maps: one intra-op thread is faster on a busy machine; restored afterwards.
+    A test file opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grid(height: int, width: int, channels: int = 32) -> TensorShape:
+    """A token grid of ``height x width`` tokens, ``channels`` wide."""
+    return TensorShape("NLC", channels, height, width)
+
+
+class Tokens(nn.Module):
+    """A mixer as a model of one ``1 x N x C`` "image", for the traced count."""
+
+    def __init__(self, mixer: nn.Module):
+        super().__init__()
+        self.mixer = mixer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x[:, 0])

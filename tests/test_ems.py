@@ -8,7 +8,7 @@ from archdsl import SpecError
 from archdsl.cost import TensorShape
 from archdsl.mixers.ems import ConvMultiHeadAttention, ConvMultiHeadAttentionSpec, EMSSpec
 from archdsl.trace import traced_cost
-from conftest import ROOT
+from conftest import ROOT, Tokens, grid
 
 # table 3.1 (params, FLOPs at 224x224, printed to one decimal in M and G) and what the specs measure
 # (analytic = fvcore trace), with pe_ratio=2 (each PE doubles its part).
@@ -25,27 +25,7 @@ def meets(measured: float, paper: float, unit: float) -> bool:
     return abs(measured / paper - 1) <= 0.05 or round(measured / unit, 1) == round(paper / unit, 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def grid(height: int, width: int, channels: int = 32) -> TensorShape:
-    return TensorShape("NLC", channels, height, width)
-
-
-class Tokens(nn.Module):
-    """A mixer as a model of one ``1 x N x C`` "image", for the traced count."""
-
-    def __init__(self, mixer: nn.Module):
-        super().__init__()
-        self.mixer = mixer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixer(x[:, 0])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------ C-MHSA

@@ -12,7 +12,7 @@ from archdsl.downsample import BilinearPESpec
 from archdsl.mixers.attention import mhsa_cost
 from archdsl.mixers.window import WindowAttentionSpec
 from archdsl.trace import traced_cost
-from conftest import ROOT
+from conftest import ROOT, Tokens, grid
 
 # table 4.3: params, GFLOPs at 224x224; and what the specs measure (analytic = traced)
 TABLE = {1: (6.714e6, 0.389e9), 2: (10.767e6, 0.666e9), 3: (17.008e6, 1.042e9), 4: (29.057e6, 1.933e9),
@@ -30,12 +30,7 @@ ABLATIONS = {"pure_mlp": (5.699e6, 0.461e9, 5_698_926, 462_190_464),
              "patch_merging_pe": (10.892e6, 0.679e9, 10_791_032, 662_238_208)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec_path(name) -> str:
@@ -44,21 +39,6 @@ def spec_path(name) -> str:
 
 def params(name) -> int:
     return archdsl.load_design(spec_path(name)).cost.params
-
-
-def grid(height: int, width: int, channels: int = 32) -> TensorShape:
-    return TensorShape("NLC", channels, height, width)
-
-
-class Tokens(nn.Module):
-    """A mixer as a model of one ``1 x N x C`` "image", for the traced count."""
-
-    def __init__(self, mixer: nn.Module):
-        super().__init__()
-        self.mixer = mixer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixer(x[:, 0])
 
 
 @pytest.mark.parametrize("k", list(TABLE))

@@ -1,14 +1,13 @@
 """Partial attention (PartialFormer, thesis chapter 5) and the PartialFormer-B0..B4 specs."""
 import pytest
 import torch
-import torch.nn as nn
 
 import archdsl
 from archdsl import SpecError
 from archdsl.cost import TensorShape
 from archdsl.mixers.partial import PartialAttentionSpec
 from archdsl.trace import traced_cost
-from conftest import ROOT
+from conftest import ROOT, Tokens, grid
 
 # table 5.1: params, GFLOPs (printed to one decimal) at 224x224
 TABLE = {"b0": (5.3e6, 0.4e9), "b1": (8.2e6, 0.7e9), "b2": (21.1e6, 1.9e9), "b3": (36.1e6, 3.4e9),
@@ -18,34 +17,12 @@ SPECS = {name: ROOT / "specs" / f"partialformer_{name}.yaml" for name in TABLE}
 B0_STAGES = [(56, 24, 2), (28, 48, 4), (14, 96, 8), (7, 192, 16)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches of small ops: one intra-op thread is as fast on an idle machine and several
-    times faster on a busy one (thread hand-offs stall); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def grid(height: int, width: int, channels: int = 32) -> TensorShape:
-    return TensorShape("NLC", channels, height, width)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def partial(shape: TensorShape, **options):
     spec = PartialAttentionSpec(**{"heads": 4, **options})
     return spec, spec.build(shape, 0).eval()
-
-
-class Tokens(nn.Module):
-    """A mixer as a model of one ``1 x N x C`` "image", for the traced count."""
-
-    def __init__(self, mixer: nn.Module):
-        super().__init__()
-        self.mixer = mixer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mixer(x[:, 0])
 
 
 @pytest.mark.parametrize("fg", [49, 0.25])

@@ -21,13 +21,7 @@ MEASURED = {"vt_r18": (11_320_360, 1_568_512_000), "vt_r34": (21_197_096, 3_274_
 MODULES = {"vt_r18": 2, "vt_r34": 3, "vt_r50": 3, "vt_r101": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on small maps: one intra-op thread is faster on a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stage(**options) -> VisualTransformerStageSpec:

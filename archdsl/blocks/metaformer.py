@@ -10,7 +10,7 @@ from timm.layers import DropPath, LayerScale, Mlp, get_act_layer
 
 from .. import cost as C
 from .. import mixers  # noqa: F401  (registers the mixers before the union below is made)
-from ..components import MIXERS, STAGES, Ratio, ShapeProblem, nested
+from ..components import MIXERS, STAGES, Ratio, ShapeProblem, as_list, nested
 from ..cost import TensorShape
 from ..graft import GraftOption
 from ..norms import Act, NormSpec
@@ -18,10 +18,6 @@ from .base import StageSpec
 
 MixerSpec = MIXERS.union()
 
-
-def _as_list(value):
-    """One mixer stands for a list of one."""
-    return value if isinstance(value, list) else [value]
 
 
 @STAGES.register
@@ -32,7 +28,7 @@ class MetaFormerStageSpec(StageSpec):
 
     layout: ClassVar[str] = "NLC"
     block: Literal["metaformer"] = "metaformer"
-    mixer: Annotated[list[MixerSpec], BeforeValidator(_as_list), Field(min_length=1, max_length=64)]
+    mixer: Annotated[list[MixerSpec], BeforeValidator(as_list), Field(min_length=1, max_length=64)]
     mlp_ratio: Ratio = 4.0
     norm: NormSpec = {"kind": "layernorm"}
     act: Act = "gelu"

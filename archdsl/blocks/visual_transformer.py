@@ -92,16 +92,12 @@ from pydantic import BeforeValidator, Field
 from timm.layers import DropPath
 
 from .. import cost as C
-from ..components import STAGES, Channels, ShapeProblem, Size, divisors
+from ..components import STAGES, Channels, ShapeProblem, Size, as_list, divisors
 from ..cost import TensorShape
 from .base import StageSpec
 
 Tokenizer = Literal["filter", "recurrent", "clustering"]
 
-
-def _as_list(value):
-    """One tokenizer kind stands for a list of one."""
-    return value if isinstance(value, list) else [value]
 
 
 def seed_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
@@ -253,7 +249,7 @@ class VisualTransformerStageSpec(StageSpec):
     tokens: Annotated[int, Field(ge=1, le=4096)] = 16
     token_width: Channels = 1024
     heads: Size = 8
-    tokenizer: Annotated[list[Tokenizer], BeforeValidator(_as_list), Field(min_length=1, max_length=64)] | None = None
+    tokenizer: Annotated[list[Tokenizer], BeforeValidator(as_list), Field(min_length=1, max_length=64)] | None = None
     kmeans_iters: Annotated[int, Field(ge=1, le=100)] = 3
     projector: bool = True
     output: Literal["tokens", "map"] = "tokens"

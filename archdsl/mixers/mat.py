@@ -77,7 +77,7 @@ from .. import cost as C
 from ..components import MIXERS, Component, ShapeProblem, Size
 from ..cost import TensorShape
 from .attention import MultiHeadAttention, check_heads, mhsa_cost
-from .window import fitting_window_sizes, merge, partition, relative_position_index, window_geometry
+from .window import add_position_bias, fitting_window_sizes, merge, partition, relative_bias, window_geometry
 
 
 class MixingAbstractTokens(nn.Module):
@@ -90,14 +90,7 @@ class MixingAbstractTokens(nn.Module):
         self.windows = (grid[0] // window[0]) * (grid[1] // window[1])
         self.abstract_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.abstract_token, std=0.02)
-        if position_bias:
-            self.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), heads))
-            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-            self.register_buffer("relative_position_index", relative_position_index(*window).view(-1),
-                                 persistent=False)
-        else:
-            self.relative_position_bias_table = None
+        add_position_bias(self, window, heads, position_bias)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # W^Q, W^K, W^V (eq. 4.2, 4.5)
         self.mix = MultiHeadAttention(dim, heads, qkv_bias)  # eq. 4.3-4.4
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)  # keys and values of the mixed tokens (eq. 4.5)
@@ -108,9 +101,7 @@ class MixingAbstractTokens(nn.Module):
         the abstract token (first)."""
         if self.relative_position_bias_table is None:
             return None
-        n = self.window[0] * self.window[1]
-        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
-        return F.pad(bias, (1, 0, 1, 0)).unsqueeze(0)
+        return F.pad(relative_bias(self), (1, 0, 1, 0)).unsqueeze(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape

@@ -46,6 +46,22 @@ def relative_position_index(wh: int, ww: int) -> torch.Tensor:
     return (rel[..., 0] + wh - 1) * (2 * ww - 1) + rel[..., 1] + ww - 1
 
 
+def add_position_bias(module: nn.Module, window: tuple, heads: int, enabled: bool) -> None:
+    """Swin's relative position bias (eq. 4) on ``module``: a ``(2wh-1)(2ww-1) x heads`` table drawn
+    from a normal of std 0.02 and its index buffer; the table is ``None`` when not ``enabled``."""
+    if not enabled:
+        module.relative_position_bias_table = None
+        return
+    module.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), heads))
+    nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+    module.register_buffer("relative_position_index", relative_position_index(*window), persistent=False)
+
+
+def relative_bias(module: nn.Module) -> torch.Tensor:
+    """``(heads, N, N)``: the bias between the ``N`` tokens of a window, from ``add_position_bias``."""
+    return module.relative_position_bias_table[module.relative_position_index].permute(2, 0, 1)
+
+
 def shifted_window_mask(height: int, width: int, window: tuple, shift: tuple) -> torch.Tensor:
     """``(num_windows, N, N)``: 0 within a region, ``MASKED`` across regions of a shifted window."""
     region = torch.zeros(height, width)
@@ -85,14 +101,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.grid, self.window, self.shift, self.heads = grid, window, shift, heads
         n = window[0] * window[1]
-        if position_bias:
-            self.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), heads))
-            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-            self.register_buffer("relative_position_index", relative_position_index(*window).view(-1),
-                                 persistent=False)
-        else:
-            self.relative_position_bias_table = None
+        add_position_bias(self, window, heads, position_bias)
         self.attn = MultiHeadAttention(dim, heads, qkv_bias)
         self.lim = nn.Conv2d(dim, dim, lim_kernel, padding=lim_kernel // 2, groups=dim) if lim_kernel else None
         if any(shift):
@@ -111,8 +120,7 @@ class WindowAttention(nn.Module):
         n = self.tokens_per_window
         bias = None
         if self.relative_position_bias_table is not None:
-            bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1)
-            bias = bias.permute(2, 0, 1).unsqueeze(0)  # 1, heads, N, N
+            bias = relative_bias(self).unsqueeze(0)  # 1, heads, N, N
         if self.mask is not None:
             windows = self.mask.shape[0]
             mask = self.mask.view(1, windows, 1, n, n)
