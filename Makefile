@@ -1,5 +1,6 @@
 # Two commands: `make demo` (set up, build the default spec, then a 3-trial budgeted search on digits) and
-# `make test` (set up, run all tests).
+# `make test` (set up, run the tests: the fast ones, and with CI set, as `.ci/run` sets it, also the
+# per-spec export, compile and optimize checks marked slow, about 45 minutes more on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,7 @@ demo: $(VENV)/.installed
 	$(BIN)/archdsl search search/mixer_placement.yaml --trials 3 --out results/demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(CI),,-m "not slow")
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py

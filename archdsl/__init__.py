@@ -12,7 +12,9 @@ from typing import Sequence
 from .compiler import ArchModel
 from .cost import Cost, TensorShape
 from .errors import Problem, SpecError
+from .export import export_model
 from .graph import Design, build_graph
+from .optimize import optimize
 from .source import Source, read_file, read_text
 from .spec import ModelSpec, validate_tree
 from .timm_registry import register_shipped_specs, register_spec
@@ -21,7 +23,8 @@ from .timm_weights import load_timm_weights
 DEFAULT_MAX_PARAMS = 2_000_000_000
 
 __all__ = ["ArchModel", "Cost", "Design", "ModelSpec", "Problem", "Source", "SpecError", "TensorShape", "build_model",
-           "design_from_source", "load_design", "load_timm_weights", "read_file", "read_text", "register_spec"]
+           "design_from_source", "export_model", "load_design", "load_timm_weights", "optimize", "read_file", "read_text",
+           "register_spec"]
 
 
 def design_from_source(source: Source, max_params: float = DEFAULT_MAX_PARAMS) -> Design:

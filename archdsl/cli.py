@@ -1,5 +1,6 @@
-"""``archdsl validate|build|flops|graph|search SPEC`` and ``archdsl schema``: check a spec, build it,
-count its cost, draw it, search a space; print the spec language's JSON Schema."""
+"""``archdsl validate|build|flops|export|graph|search SPEC`` and ``archdsl schema``: check a spec,
+build (and optimize) it, count its cost, export it, draw it, search a space; print the spec
+language's JSON Schema."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ from .search.space import dimensions, extremes, substitute
 from .source import Source, read_file
 
 EXIT_INVALID = 2
+EXPORT_TOLERANCE = OPTIMIZED_TOLERANCE = 1e-4  # max abs difference to eager (issue 6)
 
 
 def _number(text: str) -> float:
@@ -121,6 +123,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.optimize and args.json:
+        raise SystemExit("archdsl build: --optimize prints timings and cannot be combined with --json")
     design = _design(args)
     model = build_model(design)
     built = sum(p.numel() for p in model.parameters())
@@ -141,7 +145,54 @@ def cmd_build(args) -> int:
           f"(analytic, multiply-adds)")
     print(f"built: {type(model).__name__} with {built:,} parameters"
           f"{'' if built == cost.params else ' — differs from the analytic count!'}")
+    if args.optimize and built == cost.params:
+        return report_optimized(model, image, args.batch)
     return 0 if built == cost.params else 1
+
+
+def report_optimized(model, image, batch: int, rounds: int = 3) -> int:
+    """``build --optimize``: compile with ``archdsl.optimize``, check it against eager, time both."""
+    import time
+
+    import torch
+
+    from .optimize import images_per_second, optimize
+    from .testing import perturb_norms
+
+    perturb_norms(model, torch.Generator().manual_seed(0))  # see archdsl.testing: partial attention's ranking
+    x = torch.randn(batch, image.channels, image.height, image.width)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    start = time.perf_counter()
+    fast = optimize(model, example=x)
+    seconds = time.perf_counter() - start
+    diff = (fast(x) - expected).abs().max().item()
+    eager_rates, fast_rates = [], []
+    for _ in range(rounds):  # alternating turns, medians: a busy machine slows both alike
+        eager_rates.append(images_per_second(model, x, 1))
+        fast_rates.append(images_per_second(fast, x, 1))
+    eager, optimized = sorted(eager_rates)[rounds // 2], sorted(fast_rates)[rounds // 2]
+    print(f"optimized: channels_last {'yes' if fast.channels_last else 'no'}, compiled in {seconds:.0f} s, "
+          f"max |optimized - eager| {diff:.1e} (norm parameters perturbed, random input)")
+    print(f"batch {batch}: eager {eager:.1f} images/s, optimized {optimized:.1f} images/s "
+          f"({optimized / eager:.2f}x; medians of {rounds}; benchmarks/inference.py compares with timm)")
+    return 0 if diff <= OPTIMIZED_TOLERANCE else 1
+
+
+def cmd_export(args) -> int:
+    from .export import check_target, export_model, exported_difference
+
+    try:
+        path, fmt = check_target(args.output, args.format)
+    except ValueError as exc:
+        raise SystemExit(f"archdsl export: {exc}")
+    model = build_model(_design(args))
+    export_model(model, path, fmt)
+    diff = exported_difference(model, path)
+    runtime = "onnxruntime" if fmt == "onnx" else "torch.export.load"
+    print(f"{args.spec}: exported ({fmt}, dynamic batch) to {path}, {path.stat().st_size / 1e6:.1f} MB; "
+          f"{runtime} on a random batch of 3: max |exported - eager| {diff:.1e}")
+    return 0 if diff <= EXPORT_TOLERANCE else 1
 
 
 def modules_of_part(part: str) -> tuple[str, ...]:
@@ -284,8 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         return p
 
     command("validate", "check a spec (or a search space); exit 2 with every problem", cmd_validate)
-    command("build", "build the model; print the per-stage table", cmd_build).add_argument(
-        "--json", action="store_true", help="machine-readable output")
+    build = command("build", "build the model; print the per-stage table", cmd_build)
+    build.add_argument("--json", action="store_true", help="machine-readable output")
+    build.add_argument("--optimize", action="store_true", help="also compile it with archdsl.optimize, check it "
+                       "against eager and time both")
+    build.add_argument("--batch", type=_count, default=8, help="batch size for --optimize (default 8)")
+    export = command("export", "export the model to ONNX or torch.export (dynamic batch); check the file", cmd_export)
+    export.add_argument("-o", "--output", required=True, help="a .onnx or .pt2 file")
+    export.add_argument("--format", choices=("onnx", "pt2"), help="default: from the output's suffix")
     flops = command("flops", "params and FLOPs per stage and in total", cmd_flops)
     flops.add_argument("--trace", action="store_true", help="also count the built model under fvcore")
     flops.add_argument("--json", action="store_true", help="machine-readable output")

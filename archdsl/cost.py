@@ -48,16 +48,19 @@ class TensorShape:
 
 @dataclass(frozen=True)
 class Cost:
-    """Parameters and FLOPs (multiply-adds) of one image's forward pass."""
+    """Parameters and FLOPs (multiply-adds) of one image's forward pass; ``conv_flops`` is the part
+    of ``flops`` spent in convolutions (``conv2d`` terms), which ``optimize`` reads to choose the
+    memory format."""
 
     params: int = 0
     flops: int = 0
+    conv_flops: int = 0
 
     def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.params + other.params, self.flops + other.flops)
+        return Cost(self.params + other.params, self.flops + other.flops, self.conv_flops + other.conv_flops)
 
     def __mul__(self, times: int) -> "Cost":
-        return Cost(self.params * times, self.flops * times)
+        return Cost(self.params * times, self.flops * times, self.conv_flops * times)
 
 
 ZERO = Cost()
@@ -79,7 +82,8 @@ def conv2d(out_h: int, out_w: int, c_in: int, c_out: int, kernel: int | tuple, g
            bias: bool = True) -> Cost:
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     per_out = (c_in // groups) * kh * kw
-    return Cost(c_out * per_out + (c_out if bias else 0), out_h * out_w * c_out * per_out)
+    flops = out_h * out_w * c_out * per_out
+    return Cost(c_out * per_out + (c_out if bias else 0), flops, conv_flops=flops)
 
 
 def layer_norm(numel: int, channels: int, affine: bool = True) -> Cost:

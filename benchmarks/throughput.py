@@ -21,24 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 import timm
 import torch
 
 import archdsl
+from archdsl.optimize import images_per_second
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 MODELS = [("deit_t", "deit_tiny_patch16_224"), ("swin_t", "swin_tiny_patch4_window7_224"), ("resnet50", "resnet50")]
 TARGET = 0.97
-
-
-def images_per_second(model: torch.nn.Module, x: torch.Tensor, passes: int) -> float:
-    start = time.perf_counter()
-    for _ in range(passes):
-        model(x)
-    return passes * x.shape[0] / (time.perf_counter() - start)
 
 
 def compare(spec: str, timm_name: str, args) -> dict:

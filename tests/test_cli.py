@@ -136,3 +136,39 @@ def test_schema_is_printed_and_written(capsys, tmp_path):
     assert code == 0 and out == (ROOT / "archdsl.schema.json").read_text()
     code, _, _ = run(capsys, "schema", "-o", str(tmp_path / "s.json"))
     assert code == 0 and (tmp_path / "s.json").read_text() == out
+
+
+TINY_VIT = """
+    name: tiny_vit
+    input: 3x32x32
+    stem: patch_embed(patch=8, cls_token=true, pos_embed=true)
+    stages:
+      - {depth: 1, width: 32, mixer: "attention(heads=2)"}
+    head: {norm: layernorm, pool: token, classes: 10}
+"""
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_export_writes_and_checks_the_file(capsys, write_spec, tmp_path, fmt):
+    out = tmp_path / f"tiny.{fmt}"
+    assert main(["export", str(write_spec(TINY_VIT)), "--format", fmt, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and f"exported ({fmt}, dynamic batch) to {out}" in printed
+    diff = float(re.search(r"max \|exported - eager\| (\S+)", printed).group(1))
+    assert diff <= 1e-4
+
+
+def test_export_refuses_a_mismatched_suffix(write_spec, tmp_path):
+    with pytest.raises(SystemExit, match="does not end in '.onnx'"):
+        main(["export", str(write_spec(TINY_VIT)), "--format", "onnx", "-o", str(tmp_path / "tiny.pt2")])
+    assert not (tmp_path / "tiny.pt2").exists()
+
+
+def test_build_optimize_checks_and_times(capsys, write_spec):
+    assert main(["build", str(write_spec(TINY_VIT)), "--optimize", "--batch", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "optimized: channels_last no" in printed
+    assert float(re.search(r"max \|optimized - eager\| (\S+)", printed).group(1)) <= 1e-4
+    assert re.search(r"batch 4: eager \d+\.\d images/s, optimized \d+\.\d images/s", printed)
+    with pytest.raises(SystemExit, match="cannot be combined with --json"):
+        main(["build", str(write_spec(TINY_VIT)), "--optimize", "--json"])

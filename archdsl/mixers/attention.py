@@ -41,7 +41,11 @@ class MultiHeadAttention(nn.Module):
         before the output projection (ScalableViT's LIM)."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias).transpose(1, 2).reshape(B, N, C)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        # heads to channels through an explicit contiguous copy (values unchanged): the CPU kernel's
+        # output is laid out (B, N, heads, d) already, so a plain reshape traces to a view, which the
+        # ONNX exporter's sdpa decomposition (laid out (B, heads, N, d)) cannot replay
+        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(B, N, C)
         if value_term is not None:
             out = out + value_term(v.transpose(1, 2).reshape(B, N, C))
         return self.proj(out)

@@ -1,0 +1,70 @@
+"""``archdsl.optimize``: compiled inference equals eager on every spec; channels_last follows the conv rule.
+
+The per-spec tests compile each model (tens of seconds each on 2 cores) and are marked ``slow``.
+"""
+import pytest
+import torch
+import torch._dynamo
+
+import archdsl
+from archdsl.optimize import CONV_SHARE, conv_share, optimize
+from archdsl.testing import perturb_norms
+from conftest import ROOT, SPECS
+
+TOLERANCE = 1e-4
+
+CONV_SPEC = """
+    name: tiny_conv
+    input: 3x64x64
+    stem: conv(widths=[16], kernel=3)
+    stages:
+      - {depth: 1, width: 16, block: basic}
+      - {depth: 1, width: 32, block: basic, downsample: strided}
+    head: {classes: 10}
+"""
+
+ATTENTION_SPEC = """
+    name: tiny_attention
+    input: 3x32x32
+    stem: patch_embed(patch=8, cls_token=true, pos_embed=true)
+    stages:
+      - {depth: 2, width: 32, mixer: "attention(heads=2)"}
+    head: {norm: layernorm, pool: token, classes: 10}
+"""
+
+
+def eager_and_optimized(model: archdsl.ArchModel, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The eager output (eval mode, no autograd) and the optimized callable's, on one random batch."""
+    perturb_norms(model)
+    torch._dynamo.reset()  # a fresh cache per model: compiling many models of one class would hit dynamo's recompile limit
+    image = model.design.spec.input
+    x = torch.randn(batch, image.channels, image.height, image.width)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    fast = optimize(model)
+    return expected, fast(x), fast
+
+
+@pytest.mark.parametrize("spec_text, conv", [(CONV_SPEC, True), (ATTENTION_SPEC, False)], ids=["conv", "attention"])
+def test_tiny_spec_channels_last_rule_and_parity(write_spec, spec_text, conv):
+    model = archdsl.build_model(write_spec(spec_text))
+    assert (conv_share(model.design) >= CONV_SHARE) is conv
+    expected, out, fast = eager_and_optimized(model)
+    assert fast.channels_last is conv
+    conv_weight = max((p for p in model.parameters() if p.dim() == 4), key=torch.Tensor.numel)
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) is conv
+    assert not model.training
+    assert out.shape == expected.shape == (2, 10)
+    assert (out - expected).abs().max().item() <= TOLERANCE
+    image = model.design.spec.input
+    x = torch.randn(3, image.channels, image.height, image.width)
+    with torch.inference_mode():
+        assert (fast(x) - model(x)).abs().max().item() <= TOLERANCE  # another batch size: the dynamic graph
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(ROOT / "specs")) for p in SPECS])
+def test_optimized_equals_eager(path):
+    torch.manual_seed(0)
+    expected, out, _ = eager_and_optimized(archdsl.build_model(path))
+    assert (out - expected).abs().max().item() <= TOLERANCE
