@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/cost_model.py
 	$(BIN)/python benchmarks/mixer_scaling.py
+	$(BIN)/python benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

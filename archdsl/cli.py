@@ -67,14 +67,16 @@ def stage_rows(design: Design) -> list[dict]:
     """One row per stem, stage and head: resolution, channels, depth, mixer, params, FLOPs."""
     rows = []
     image = design.graph.nodes["input"]["out_shape"]
+    stages = design.spec.stages
     for part in design.parts():
         out = design.output_shape(part)
         blocks = [d for _, d in design.nodes("block") if d["part"] == part]
         labels = list(dict.fromkeys(d["label"] for d in blocks))
         cost = design.part_cost(part)
-        rows.append(dict(
-            part=part, resolution=f"{out.height}x{out.width}" if part != "head" else "-",
-            stride=image.height // out.height if part != "head" else None, channels=out.channels,
+        grid = part != "head" and (not part.startswith("stage ") or stages[int(part.split()[1]) - 1].outputs_map())
+        rows.append(dict(  # a stage that outputs a set of tokens (Visual Transformer) has no grid, no stride
+            part=part, resolution=f"{out.height}x{out.width}" if grid else f"{out.tokens} tokens" if part != "head" else "-",
+            stride=image.height // out.height if grid else None, channels=out.channels,
             depth=len(blocks) or None, mixer=" / ".join(labels) if labels else "-",
             params=cost.params, flops=cost.flops))
     return rows

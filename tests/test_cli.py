@@ -172,3 +172,11 @@ def test_build_optimize_checks_and_times(capsys, write_spec):
     assert re.search(r"batch 4: eager \d+\.\d images/s, optimized \d+\.\d images/s", printed)
     with pytest.raises(SystemExit, match="cannot be combined with --json"):
         main(["build", str(write_spec(TINY_VIT)), "--optimize", "--json"])
+
+
+def test_build_table_of_a_token_set_stage(capsys):
+    """A Visual Transformer stage outputs a set of tokens, not a grid: no resolution, no stride."""
+    assert main(["build", str(ROOT / "specs" / "vt_r18.yaml"), "--json"]) == 0
+    stages = {row["part"]: row for row in json.loads(capsys.readouterr().out)["stages"]}
+    assert (stages["stage 3"]["resolution"], stages["stage 3"]["stride"]) == ("14x14", 16)
+    assert (stages["stage 4"]["resolution"], stages["stage 4"]["stride"]) == ("16 tokens", None)
