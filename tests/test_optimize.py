@@ -1,6 +1,7 @@
 """``archdsl.optimize``: compiled inference equals eager on every spec; channels_last follows the conv rule.
 
-The per-spec tests compile each model (tens of seconds each on 2 cores) and are marked ``slow``.
+The per-spec test is also the check that ``torch.compile`` works on every spec: it compiles each
+model with inductor (10-130 s each on 2 cores) and is marked ``slow``.
 """
 import pytest
 import torch
