@@ -2,7 +2,7 @@
 
 What it does to an ``ArchModel`` (built by ``archdsl.build_model``):
 
-1. ``eval()`` (dropout and stochastic depth off, batch norm on its running statistics).
+1. Eval mode (dropout and stochastic depth off, batch norm on its running statistics).
 2. ``channels_last`` memory format for the weights and the input where convolutions dominate the
    design's analytic cost (``conv_share(design) >= CONV_SHARE``, see below).
 3. ``torch.compile`` (inductor) with ``freezing`` on: parameters become constants, so inductor

@@ -52,3 +52,26 @@ class Tokens(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixer(x[:, 0])
+
+
+# tiny specs shared by the export, optimize and command-line tests
+TINY_ATTENTION = """
+    name: tiny_attention
+    input: 3x32x32
+    stem: patch_embed(patch=8, cls_token=true, pos_embed=true)
+    stages:
+      - {depth: 2, width: 32, mixer: "attention(heads=2)"}
+    head: {norm: layernorm, pool: token, classes: 10}
+"""
+
+TINY_PARTIAL = """
+    name: tiny_partial
+    input: 3x32x32
+    stem: patch_embed(patch=4)
+    stages:
+      - depth: 2
+        width: 16
+        mixer: partial(heads=2, fg=9)
+        peg: peg(kernel=3, blocks=first)
+    head: {norm: layernorm, pool: avg, classes: 10}
+"""

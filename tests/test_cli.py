@@ -9,7 +9,7 @@ import pytest
 
 from archdsl.cli import main
 from archdsl.components import MIXERS
-from conftest import ROOT
+from conftest import ROOT, TINY_ATTENTION, TINY_PARTIAL
 
 SPEC = {name: str(ROOT / "specs" / f"{name}.yaml") for name in ("deit_t", "swin_t", "resnet18", "resnet50", "swin_t_graft")}
 
@@ -138,28 +138,8 @@ def test_schema_is_printed_and_written(capsys, tmp_path):
     assert code == 0 and (tmp_path / "s.json").read_text() == out
 
 
-TINY_VIT = """
-    name: tiny_vit
-    input: 3x32x32
-    stem: patch_embed(patch=8, cls_token=true, pos_embed=true)
-    stages:
-      - {depth: 1, width: 32, mixer: "attention(heads=2)"}
-    head: {norm: layernorm, pool: token, classes: 10}
-"""
-
-
-TINY_PARTIAL = """
-    name: tiny_partial
-    input: 3x32x32
-    stem: patch_embed(patch=4)
-    stages:
-      - {depth: 2, width: 16, mixer: "partial(heads=2, fg=9)"}
-    head: {norm: layernorm, pool: avg, classes: 10}
-"""
-
-
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-@pytest.mark.parametrize("text", [TINY_VIT, TINY_PARTIAL], ids=["attention", "partial"])
+@pytest.mark.parametrize("text", [TINY_ATTENTION, TINY_PARTIAL], ids=["attention", "partial"])
 def test_export_writes_and_checks_the_file(capsys, write_spec, tmp_path, fmt, text):
     """The command's check holds for partial attention too, whose ranking ties at timm's norm init."""
     out = tmp_path / f"tiny.{fmt}"
@@ -172,18 +152,18 @@ def test_export_writes_and_checks_the_file(capsys, write_spec, tmp_path, fmt, te
 
 def test_export_refuses_a_mismatched_suffix(write_spec, tmp_path):
     with pytest.raises(SystemExit, match="does not end in '.onnx'"):
-        main(["export", str(write_spec(TINY_VIT)), "--format", "onnx", "-o", str(tmp_path / "tiny.pt2")])
+        main(["export", str(write_spec(TINY_ATTENTION)), "--format", "onnx", "-o", str(tmp_path / "tiny.pt2")])
     assert not (tmp_path / "tiny.pt2").exists()
 
 
 def test_build_optimize_checks_and_times(capsys, write_spec):
-    assert main(["build", str(write_spec(TINY_VIT)), "--optimize", "--batch", "4"]) == 0
+    assert main(["build", str(write_spec(TINY_ATTENTION)), "--optimize", "--batch", "4"]) == 0
     printed = capsys.readouterr().out
     assert "optimized: channels_last no" in printed
     assert float(re.search(r"max \|optimized - eager\| (\S+)", printed).group(1)) <= 1e-4
     assert re.search(r"batch 4: eager \d+\.\d images/s, optimized \d+\.\d images/s", printed)
     with pytest.raises(SystemExit, match="cannot be combined with --json"):
-        main(["build", str(write_spec(TINY_VIT)), "--optimize", "--json"])
+        main(["build", str(write_spec(TINY_ATTENTION)), "--optimize", "--json"])
 
 
 def test_build_table_of_a_token_set_stage(capsys):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import archdsl
 from archdsl.export import export_model, exported_difference, onnx_translations
 from archdsl.testing import perturb_norms
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, TINY_PARTIAL
 
 EXPORT_BATCH, RUN_BATCH = 2, 3  # exported at one batch size, run at another: the batch is dynamic
 TOLERANCE = 1e-4
@@ -38,19 +38,6 @@ TINY_WINDOW = """
         mixer: window(size=2, heads=2, shift=true, lim=true)
     head: {norm: layernorm, pool: avg, classes: 10}
 """
-
-TINY_PARTIAL = """
-    name: tiny_partial
-    input: 3x32x32
-    stem: patch_embed(patch=4)
-    stages:
-      - depth: 2
-        width: 16
-        mixer: partial(heads=2, fg=9)
-        peg: peg(kernel=3, blocks=first)
-    head: {norm: layernorm, pool: avg, classes: 10}
-"""
-
 
 def check_export(model: nn.Module, tmp_path: Path, fmt: str) -> float:
     """Export at batch 2, reload, run at batch 3 (the batch is dynamic); returns the max abs

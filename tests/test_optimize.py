@@ -10,7 +10,7 @@ import torch._dynamo
 import archdsl
 from archdsl.optimize import CONV_SHARE, conv_share, optimize
 from archdsl.testing import perturb_norms
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, TINY_ATTENTION
 
 TOLERANCE = 1e-4
 
@@ -24,16 +24,6 @@ CONV_SPEC = """
     head: {classes: 10}
 """
 
-ATTENTION_SPEC = """
-    name: tiny_attention
-    input: 3x32x32
-    stem: patch_embed(patch=8, cls_token=true, pos_embed=true)
-    stages:
-      - {depth: 2, width: 32, mixer: "attention(heads=2)"}
-    head: {norm: layernorm, pool: token, classes: 10}
-"""
-
-
 def eager_and_optimized(model: archdsl.ArchModel, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, object]:
     """The eager output (eval mode, no autograd) and the optimized callable's, on one random batch."""
     perturb_norms(model)
@@ -46,7 +36,7 @@ def eager_and_optimized(model: archdsl.ArchModel, batch: int = 2) -> tuple[torch
     return expected, fast(x), fast
 
 
-@pytest.mark.parametrize("spec_text, conv", [(CONV_SPEC, True), (ATTENTION_SPEC, False)], ids=["conv", "attention"])
+@pytest.mark.parametrize("spec_text, conv", [(CONV_SPEC, True), (TINY_ATTENTION, False)], ids=["conv", "attention"])
 def test_tiny_spec_channels_last_rule_and_parity(write_spec, spec_text, conv):
     model = archdsl.build_model(write_spec(spec_text))
     assert (conv_share(model.design) >= CONV_SHARE) is conv
