@@ -154,6 +154,7 @@ def cmd_build(args) -> int:
 
 def report_optimized(model, image, batch: int, rounds: int = 3) -> int:
     """``build --optimize``: compile with ``archdsl.optimize``, check it against eager, time both."""
+    import statistics
     import time
 
     import torch
@@ -173,7 +174,7 @@ def report_optimized(model, image, batch: int, rounds: int = 3) -> int:
     for _ in range(rounds):  # alternating turns, medians: a busy machine slows both alike
         eager_rates.append(images_per_second(model, x, 1))
         fast_rates.append(images_per_second(fast, x, 1))
-    eager, optimized = sorted(eager_rates)[rounds // 2], sorted(fast_rates)[rounds // 2]
+    eager, optimized = statistics.median(eager_rates), statistics.median(fast_rates)
     print(f"optimized: channels_last {'yes' if fast.channels_last else 'no'}, compiled in {seconds:.0f} s, "
           f"max |optimized - eager| {diff:.1e} (norm parameters perturbed, random input)")
     print(f"batch {batch}: eager {eager:.1f} images/s, optimized {optimized:.1f} images/s "

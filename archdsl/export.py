@@ -7,7 +7,7 @@ compiled model's grids are fixed by the spec). ``.pt2`` files are written with
 ``torch.export.save`` (reload with ``torch.export.load(path).module()``); ``.onnx`` files with
 ``torch.onnx.export(..., dynamo=True)``, weights inside the file, readable by onnxruntime.
 
-ONNX translations the exporter lacks (``ONNX_TRANSLATIONS``, passed as its
+ONNX translations the exporter lacks (``onnx_translations()``, passed as its
 ``custom_translation_table``):
 
 * ``aten.sort.stable`` (PartialFormer's token separation, ``mixers/partial.py``: a stable sort,
@@ -18,6 +18,7 @@ ONNX translations the exporter lacks (``ONNX_TRANSLATIONS``, passed as its
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,18 @@ def _model_and_input(model_or_spec, example_batch: int) -> tuple[nn.Module, torc
     return model, torch.randn(example_batch, image.channels, image.height, image.width)
 
 
+@contextlib.contextmanager
+def _eval_without_grad(model: nn.Module):
+    """``model`` in eval mode without autograd for the block; its mode is restored afterwards."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(training)
+
+
 def check_target(path: str | os.PathLike, format: str | None) -> tuple[Path, str]:
     """The path and the format, the format given or read from the path's suffix; refuses an unknown
     format and a suffix that does not match it."""
@@ -87,19 +100,13 @@ def export_model(model_or_spec, path: str | os.PathLike, format: Literal["onnx",
                          "a batch of 1 would be specialised as a constant")
     model, x = _model_and_input(model_or_spec, example_batch)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if format == "pt2":
-                program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-                torch.export.save(program, path)
-            else:
-                torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=({0: batch},),
-                                  input_names=["image"], external_data=False,
-                                  custom_translation_table=onnx_translations(), verbose=False)
-    finally:
-        model.train(training)
+    with _eval_without_grad(model):
+        if format == "pt2":
+            torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), path)
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=True, dynamic_shapes=({0: batch},),
+                              input_names=["image"], external_data=False,
+                              custom_translation_table=onnx_translations(), verbose=False)
     return path
 
 
@@ -122,12 +129,8 @@ def exported_difference(model: nn.Module, path: str | os.PathLike, batch: int = 
     to, on a random batch of ``batch`` images (by default another batch size than the export's
     example: the batch dimension must be dynamic)."""
     model, x = _model_and_input(model, batch)
-    training = model.training
-    try:
-        with torch.no_grad():
-            expected = model.eval()(x)
-    finally:
-        model.train(training)
+    with _eval_without_grad(model):
+        expected = model(x)
     out = run_exported(path, x)
     if out.shape != expected.shape:
         raise ValueError(f"{path}: output shape {tuple(out.shape)} for a batch of {batch}, expected {tuple(expected.shape)}")
