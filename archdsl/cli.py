@@ -266,29 +266,53 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _folder(text: str) -> str:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a folder (an ImageFolder: one sub-folder per class)")
+def _data(text: str) -> str:
+    """``shapes``, ``digits`` or a folder in the ImageNet layout or a flat ImageFolder (checked now)."""
+    if text in ("shapes", "digits"):
+        return text
+    from .search.data import DataError, check_folder
+    try:
+        check_folder(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _directions(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n not in ("maximize", "minimize") for n in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: write maximize or minimize, one per value (comma-separated)")
+    return names
 
 
 def cmd_search(args) -> int:
     import torch
 
+    from .search.objectives import CustomObjective, load_function
     from .search.runner import Search, SearchStopped
 
     torch.set_num_threads(args.threads)
     search = load_search(args.spec, model_input=args.input)
     settings = search.settings.model_dump()
-    for key in ("trials", "objective", "seed", "sampler"):
+    for key in ("trials", "objective", "seed", "sampler", "pruner", "precision", "repeats"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.data:
         settings["data"]["dataset"] = args.data
     search.settings = SearchSettings.model_validate(settings)
-    out = Path(args.out) if args.out else Path("results") / (args.study or search.name)
-    runner = Search(search, out, storage=args.storage, study_name=args.study, max_params=args.max_params,
-                    progress=not args.no_progress)
+    custom = None
+    try:
+        if args.objective_fn:
+            directions = args.direction or ("maximize",)
+            names = tuple(args.objective_names.split(",")) if args.objective_names else (
+                ("objective",) if len(directions) == 1 else tuple(f"objective{i}" for i in range(len(directions))))
+            custom = CustomObjective(load_function(args.objective_fn), names, directions)
+        out = Path(args.out) if args.out else Path("results") / (args.study or search.name)
+        runner = Search(search, out, storage=args.storage, study_name=args.study, max_params=args.max_params,
+                        progress=not args.no_progress, device=args.device, objective=custom)
+    except ValueError as exc:
+        print(f"archdsl search: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     try:
         outcome = runner.run()
     except SearchStopped as exc:
@@ -301,7 +325,8 @@ def cmd_search(args) -> int:
     if not outcome.best:
         print("no trial completed; see the reasons in trials.csv", file=sys.stderr)
     else:
-        title = "Pareto front" if len(runner.metrics) > 1 else "best trial"
+        title = ("Pareto front" if len(runner.metrics) > 1 else
+                 f"best trial and {len(outcome.tied)} tied with it (within seed noise)" if outcome.tied else "best trial")
         print(f"{title}:\n{outcome.table}")
     specs = sorted((out / "best").glob("*.yaml"))
     print(f"results in {out}/: trials.csv, trials_vs_flops.png"
@@ -366,7 +391,20 @@ def main(argv: list[str] | None = None) -> int:
                         "separated by commas (a Pareto front), e.g. train,flops")
     search.add_argument("--seed", type=lambda t: _count(t) if t != "0" else 0, help="sampler and training seed (default: the file's, else 0)")
     search.add_argument("--sampler", choices=("tpe", "random", "nsga2"), help="default: the file's, else tpe")
-    search.add_argument("--data", type=_folder, help="an ImageFolder to train and score on instead of digits")
+    search.add_argument("--data", type=_data, help="shapes, digits, or a folder: DIR/train/<class>/ and DIR/val/<class>/ "
+                        "(ImageNet layout, used as the split) or DIR/<class>/ (split 80/20); the class count sets the head")
+    search.add_argument("--pruner", choices=("hyperband", "successive_halving", "median", "none"),
+                        help="stop poor trials early, epochs as the resource (default: the file's, else median)")
+    search.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N or mps: where "
+                        "models train and latency is timed (one worker per GPU: --device cuda:1)")
+    search.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="torch.autocast precision for training and latency (default: the file's, else fp32)")
+    search.add_argument("--repeats", type=_count, help="training seeds per trial, its value their mean (default 1)")
+    search.add_argument("--objective-fn", metavar="MODULE:FUNCTION", help="a Python function fn(model, context) -> "
+                        "float or tuple measured instead of the file's objectives (imported because you name it)")
+    search.add_argument("--direction", type=_directions, help="with --objective-fn: maximize or minimize per returned "
+                        "value, comma-separated (default maximize)")
+    search.add_argument("--objective-names", help="with --objective-fn: names of the returned values, comma-separated")
     search.add_argument("--out", help="results folder (default results/STUDY)")
     search.add_argument("--storage", help="an Optuna RDB URL shared by several workers, e.g. "
                         "postgresql://user@host/db (default: sqlite in the results folder)")

@@ -44,14 +44,16 @@ search:
   budget: {{flops: {flops}}}
   seed: {seed}
   max_rejections: {max_rejections}
-  data: {{epochs: {epochs}, pruner: none}}
+  pruner: none
+  confirm: {{trials: {confirm}, seeds: 1}}
+  data: {{dataset: digits, epochs: {epochs}}}
 """
 
 
 def space(write_spec, name="space.yaml", objective="proxy", trials=6, flops="600k", seed=0, max_rejections=1000,
-          epochs=1, text=SPACE):
+          epochs=1, confirm=0, text=SPACE):
     return write_spec(text.format(objective=objective, trials=trials, flops=flops, seed=seed,
-                                  max_rejections=max_rejections, epochs=epochs), name)
+                                  max_rejections=max_rejections, epochs=epochs, confirm=confirm), name)
 
 
 def search(capsys, path, out, *extra):
@@ -100,8 +102,8 @@ def test_infeasible_space_names_cheapest_candidate_per_stage(capsys, write_spec,
 
 
 def test_search_section_errors_are_positioned(capsys, write_spec, tmp_path):
-    path = write_spec(SPACE.format(objective="trian", trials=3, flops="1M", seed=0, max_rejections=10, epochs=1)
-                      .replace("seed: 0", "sed: 0"))
+    path = write_spec(SPACE.format(objective="trian", trials=3, flops="1M", seed=0, max_rejections=10, epochs=1,
+                                   confirm=0).replace("seed: 0", "sed: 0"))
     code, _, err = search(capsys, path, tmp_path / "r")
     assert code == 2
     assert f"{path}:15:14: search.objective: 'trian' is not valid; input should be 'train', 'proxy'" in err
@@ -135,9 +137,9 @@ def test_hash_ignores_spelling_defaults_and_repeated_mixer_lists():
 
 
 def test_failing_trials_are_recorded_with_reasons_and_the_search_goes_on(capsys, write_spec, tmp_path, monkeypatch):
-    import archdsl.search.runner as runner
+    import archdsl.search.evaluation as evaluation
 
-    real_build = runner.build_model
+    real_build = evaluation.build_model
 
     def build(design):
         mixer = design.spec.stages[0].mixer[0].kind
@@ -148,7 +150,7 @@ def test_failing_trials_are_recorded_with_reasons_and_the_search_goes_on(capsys,
             model.head.register_forward_hook(lambda module, args, output: output * float("nan"))
         return model
 
-    monkeypatch.setattr(runner, "build_model", build)
+    monkeypatch.setattr(evaluation, "build_model", build)
     path = space(write_spec, objective="train", trials=4, flops="2M", epochs=1)
     code, out, err = search(capsys, path, tmp_path / "r")
     assert code == 0, err

@@ -1,30 +1,27 @@
-"""What a search optimises: measured metrics of a built candidate, and the analytic ones.
+"""What a search optimises: the metrics, and objectives written in Python.
 
-- ``train``: validation accuracy after a short training run (AdamW, cosine decay, fixed seed), reported
-  after every epoch so Optuna's pruner can stop a poor run early;
-- ``proxy``: NASWOT (Mellor et al. 2021, "Neural Architecture Search without Training", eq. 2), a
-  training-free score: for a batch of real images, each image's binary code is the sign pattern of the
-  inputs of every activation of the untrained network; ``K[i, j]`` counts the units where images
-  ``i`` and ``j`` agree, and the score is ``log |det K|``. Networks that separate the images well
-  (codes far apart) score higher; the paper finds it correlated with trained accuracy;
-- ``latency``: median wall time of a forward pass at batch 1 on the CPU, in ms;
+Built-in objectives (``search.objective``):
+
+- ``train``: validation accuracy after a short training run (``training.train_accuracy``), reported
+  after every epoch so the pruner can stop a poor run early;
+- ``proxy``: a training-free score of the untrained network on a batch of real images
+  (``data.proxy``: ``naswot``, ``synflow``, ``grad_norm`` or ``zico``; ``proxies.py``);
+- ``latency``: median wall time of a forward pass at batch 1 on the search's device, in ms;
 - ``flops``, ``params``: the analytic cost (what the budget is checked against).
+
+A **custom objective** is a Python function ``fn(model, context) -> float | tuple`` given to
+``archdsl.search.run(path, objective=fn)`` or named on the command line (``--objective-fn
+module:function``); code is imported only when the user names it there, never from a search file.
+``context`` (``TrialContext``) carries the device, precision, seed, the data (opened on first use),
+the Optuna trial and ``report(value, step)`` for the pruner.
 """
 from __future__ import annotations
 
-import math
-import statistics
-import time
-from dataclasses import dataclass
-from typing import Callable
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import get_act_layer
-
-from .data import ImageSet
-from .settings import DataSettings
 
 
 @dataclass(frozen=True)
@@ -35,97 +32,101 @@ class Metric:
     direction: str  # "maximize" or "minimize"
 
 
-METRICS = {
+BUILT_IN = {
     "train": Metric("accuracy", "maximize"),
-    "proxy": Metric("naswot", "maximize"),
     "latency": Metric("latency_ms", "minimize"),
     "flops": Metric("flops", "minimize"),
     "params": Metric("params", "minimize"),
 }
+ANALYTIC = {"flops", "params"}  # counted from the spec, nothing built
+SEEDED = {"train", "proxy"}  # depend on the seed (weights, data order): repeated and confirmed with more seeds
 
 
-class TrialFailure(Exception):
-    """An evaluation that cannot give a result (a NaN loss, a NaN score); the trial fails with it."""
+def search_metrics(settings, custom: "CustomObjective | None" = None) -> list[Metric]:
+    """The metrics a search reports, in its objectives' order: a custom objective's, else the
+    built-in ones (``proxy`` under the name of ``data.proxy``)."""
+    if custom is not None:
+        return custom.metrics
+    return [Metric(settings.data.proxy, "maximize") if o == "proxy" else BUILT_IN[o] for o in settings.objective]
 
 
-ACTIVATIONS = tuple({type(get_act_layer(n)()) for n in ("gelu", "relu", "silu", "hard_swish", "tanh", "sigmoid")}
-                    | {nn.GELU, nn.ReLU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.ReLU6, nn.LeakyReLU})
+@dataclass(frozen=True)
+class CustomObjective:
+    """A user's objective function with the names and directions of the values it returns."""
+
+    fn: Callable
+    names: tuple[str, ...] = ("objective",)
+    directions: tuple[str, ...] = ("maximize",)
+
+    def __post_init__(self):
+        if len(self.names) != len(self.directions):
+            raise ValueError(f"{len(self.names)} objective names but {len(self.directions)} directions")
+        bad = [d for d in self.directions if d not in ("maximize", "minimize")]
+        if bad:
+            raise ValueError(f"direction {bad[0]!r} is not maximize or minimize")
+
+    @property
+    def metrics(self) -> list[Metric]:
+        return [Metric(n, d) for n, d in zip(self.names, self.directions)]
+
+    @property
+    def label(self) -> str:
+        """What the study fingerprint records of it: the function's module and name."""
+        return f"{getattr(self.fn, '__module__', '?')}:{getattr(self.fn, '__qualname__', repr(self.fn))}"
+
+    def values(self, result: Any) -> list[float]:
+        """The function's return value as floats, one per name (a float or a tuple/list)."""
+        values = list(result) if isinstance(result, (tuple, list)) else [result]
+        if len(values) != len(self.names):
+            raise TypeError(f"the objective function returned {len(values)} value(s); {len(self.names)} expected "
+                            f"({', '.join(self.names)})")
+        try:
+            return [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise TypeError(f"the objective function returned {result!r}; a float or a tuple of floats expected") \
+                from None
 
 
-def naswot_score(model: nn.Module, images: torch.Tensor) -> float:
-    """NASWOT's ``log |det K_H|`` on ``images``, codes taken before every activation (so GELU and
-    in-place ReLU count alike); ``K`` summed layer by layer, never holding all codes at once."""
-    batch = images.shape[0]
-    kernel = torch.zeros(batch, batch, dtype=torch.float64)
-    units = [0]
-
-    def hook(_module, inputs):
-        codes = (inputs[0].detach().reshape(batch, -1) > 0).to(torch.float64)
-        kernel.add_(codes @ codes.T + (1 - codes) @ (1 - codes).T)
-        units[0] += codes.shape[1]
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, ACTIVATIONS)]
+def load_function(reference: str) -> Callable:
+    """``module:function`` (``package.module:object.attr`` works) imported now, at the user's request."""
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{reference!r} is not module:function")
     try:
-        model.eval()
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h in handles:
-            h.remove()
-    if not units[0]:
-        raise TrialFailure("NASWOT needs activations, and the model has none")
-    sign, logdet = torch.linalg.slogdet(kernel)
-    score = float(logdet) if float(sign) > 0 else -math.inf
-    if math.isnan(score):
-        raise TrialFailure("the NASWOT score is NaN")
-    return score
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for {reference}: {exc}") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{module_name} has no {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{reference} is not callable")
+    return target
 
 
-def train_accuracy(model: nn.Module, data: ImageSet, opts: DataSettings, seed: int,
-                   report: Callable[[float, int], None]) -> float:
-    """Train ``opts.epochs`` epochs on the training split; validation accuracy after each is passed
-    to ``report(accuracy, epoch)`` (which may stop the run); the last one is returned."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    steps_per_epoch = math.ceil(len(data.train_y) / opts.batch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.epochs * steps_per_epoch)
-    accuracy = 0.0
-    for epoch in range(opts.epochs):
-        model.train()
-        order = torch.randperm(len(data.train_y), generator=generator)
-        for step in range(steps_per_epoch):
-            index = order[step * opts.batch:(step + 1) * opts.batch]
-            loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
-            if not torch.isfinite(loss):
-                raise TrialFailure(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        accuracy = evaluate_accuracy(model, data.val_x, data.val_y)
-        report(accuracy, epoch + 1)
-    return accuracy
+@dataclass
+class TrialContext:
+    """What a custom objective gets beside the model (already on ``device``)."""
 
+    trial: Any  # the optuna.Trial (parameters, user attributes)
+    design: Any  # the candidate's archdsl Design (spec, shapes, cost)
+    device: torch.device
+    precision: str
+    seed: int
+    settings: Any  # the SearchSettings
+    report: Callable[[float, int], None]  # intermediate value for the pruner (raises optuna.TrialPruned)
+    open_data: Callable[[], Any] = field(repr=False, default=None)
+    _data: Any = field(default=None, repr=False)
 
-def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(labels), batch):
-            logits = model(images[start:start + batch])
-            correct += int((logits.argmax(dim=1) == labels[start:start + batch]).sum())
-    return correct / len(labels)
+    @property
+    def data(self):
+        """The search's ``ImageData`` at the objective's input (opened on first use)."""
+        if self._data is None:
+            self._data = self.open_data()
+        return self._data
 
-
-def median_latency_ms(model: nn.Module, shape: tuple[int, int, int], repeats: int = 25, warmup: int = 5) -> float:
-    """Median forward time at batch 1 (eval mode, no autograd) over ``repeats`` runs after ``warmup``."""
-    model.eval()
-    x = torch.randn(1, *shape)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    def autocast(self):
+        """``torch.autocast`` for the search's precision on its device."""
+        from .training import autocast
+        return autocast(self.device, self.precision)

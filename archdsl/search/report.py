@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,14 @@ class TrialRow:
     worker: str = ""
     sampled: dict = field(default_factory=dict)  # dimension name -> value
     last_intermediate: float | None = None  # a pruned trial's last reported value
+    seeds: dict = field(default_factory=dict)  # seed -> {metric name: value} (repeats and confirmations)
+    epochs: int | None = None  # epochs trained in the trial's first run (pruning stops it early)
+
+
+def spread(row: TrialRow, name: str) -> tuple[float | None, int]:
+    """The sample standard deviation of a metric over the trial's seeds (None for one seed), and the count."""
+    series = [v[name] for v in row.seeds.values() if name in v]
+    return (statistics.stdev(series) if len(series) > 1 else None), len(series)
 
 
 def metric_value(row: TrialRow, metric: Metric) -> float | None:
@@ -69,15 +78,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_csv(path: Path, rows: list[TrialRow], metrics: list[Metric], dimension_names: list[str]) -> None:
     metric_names = [m.name for m in metrics if m.name not in ("flops", "params", "latency_ms")]
-    columns = (["trial", "state"] + metric_names + ["params", "flops", "latency_ms", "arch_hash", "reused_from",
-                                                     "retry_of", "rejected_before", "seconds", "worker", "reason"]
-               + dimension_names)
+    columns = (["trial", "state"] + metric_names + [f"{n}_std" for n in metric_names]
+               + ["seeds", "epochs", "params", "flops", "latency_ms", "arch_hash", "reused_from", "retry_of",
+                  "rejected_before", "seconds", "worker", "reason"] + dimension_names)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(columns)
     for r in rows:
         sampled = [r.sampled.get(name, "") for name in dimension_names]
         writer.writerow([r.number, r.state] + [_cell(r.values.get(n)) for n in metric_names]
+                        + [_cell(spread(r, n)[0]) for n in metric_names] + [len(r.seeds) or "", _cell(r.epochs)]
                         + [_cell(v) for v in (r.params, r.flops, r.latency_ms, r.arch_hash, r.reused_from, r.retry_of,
                                               r.rejections, r.seconds, r.worker, r.reason)] + sampled)
     write_atomic(path, out.getvalue().encode())
@@ -125,15 +135,26 @@ def fmt_metric(metric: Metric, value: float | None) -> str:
     return f"{value:.3f}" if math.isfinite(value) else str(value)
 
 
-def results_table(rows: list[TrialRow], metrics: list[Metric]) -> str:
-    """The best (or Pareto) trials: trial, metrics, params, FLOPs, latency, spec file."""
+def results_table(rows: list[TrialRow], metrics: list[Metric], p_values: dict[int, float] | None = None) -> str:
+    """The best (or Pareto) trials: trial, metrics (mean +- std over seeds where a trial has several),
+    seeds, the tie test's p-value against the best (``p_values``, first row the best), params, FLOPs,
+    latency."""
     shown = [m for m in metrics if m.name not in ("flops", "params")]
-    head = ["trial"] + [m.name for m in shown] + ["params", "FLOPs"]
+    has_seeds = any(len(r.seeds) > 1 for r in rows)
+    head = ["trial"] + [m.name for m in shown] + (["seeds"] if has_seeds else [])
+    head += ["vs best"] if p_values is not None else []
+    head += ["params", "FLOPs"]
     has_latency = any(r.latency_ms is not None for r in rows) and not any(m.name == "latency_ms" for m in shown)
     head += ["latency_ms"] if has_latency else []
     cells = [head]
-    for r in rows:
-        line = [str(r.number)] + [fmt_metric(m, r.values.get(m.name)) for m in shown]
+    for i, r in enumerate(rows):
+        line = [str(r.number)]
+        for m in shown:
+            std, _ = spread(r, m.name)
+            line.append(fmt_metric(m, r.values.get(m.name)) + (f" +- {std:.4f}" if std is not None else ""))
+        line += [str(len(r.seeds) or 1)] if has_seeds else []
+        if p_values is not None:
+            line.append("best" if i == 0 else f"tied, p={p_values[r.number]:.2f}" if r.number in p_values else "-")
         line += [f"{r.params / 1e6:.3f}M", f"{r.flops / 1e6:.2f}M"]
         line += [f"{r.latency_ms:.2f}" if r.latency_ms is not None else "-"] if has_latency else []
         cells.append(line)

@@ -6,11 +6,16 @@ search:
   trials: 20                  # trials the study runs to (completed or pruned; failed ones are redone)
   budget: {flops: 30M, params: 1M, latency: 20}   # latency: ms, median at batch 1 on the CPU
   sampler: tpe                # tpe | random | nsga2
-  seed: 0
+  seed: 0                     # sampler seed of the first worker (others derive theirs) and first training seed
+  pruner: median              # hyperband | successive_halving | median | none (epochs are the resource)
+  precision: fp32             # fp32 | bf16 | fp16 (torch.autocast) for training and latency
+  repeats: 1                  # training seeds per trial; the trial's value is their mean
+  confirm: {trials: 3, seeds: 2}   # after the search: the best trials re-evaluated with extra seeds
   input: 3x32x32              # the input the objective runs at (default: the model's; the budget is
                               # always counted at the model's input)
   max_rejections: 1000        # candidates rejected in a row before the search stops
-  data: {dataset: digits, epochs: 3, batch: 64, lr: 2e-3, weight_decay: 0.05, pruner: median, proxy_batch: 64}
+  data: {dataset: shapes, epochs: 3, batch: 64, lr: 2e-3, weight_decay: 0.05, proxy: naswot, proxy_batch: 64,
+         augment: false, workers: 2}
 ```
 """
 from __future__ import annotations
@@ -27,7 +32,10 @@ from ..spec import _shape_to_input, InputSpec
 from .space import Dimension, dimensions
 
 Objective = Literal["train", "proxy", "latency", "flops", "params"]
-OBJECTIVE_HELP = "train (validation accuracy), proxy (NASWOT score), latency (ms), flops, params"
+OBJECTIVE_HELP = "train (validation accuracy), proxy (a training-free score, data.proxy), latency (ms), flops, params"
+Pruner = Literal["hyperband", "successive_halving", "median", "none"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Proxy = Literal["naswot", "synflow", "grad_norm", "zico"]
 
 
 class Settings(BaseModel):
@@ -45,16 +53,27 @@ class Budget(Settings):
 
 
 class DataSettings(Settings):
-    """The images the objectives see: ``digits`` (scikit-learn's, upscaled to the objective's
-    input, fixed 80/20 split) or an ImageFolder path; training and proxy options."""
+    """The images the objectives see: ``shapes`` (procedurally generated, ``archdsl/search/shapes.py``),
+    ``digits`` (scikit-learn's, upscaled) or a folder (ImageNet layout or a flat ImageFolder); training
+    and proxy options. ``proxy`` names the training-free score the ``proxy`` objective computes."""
 
-    dataset: str = "digits"
+    dataset: str = "shapes"
     epochs: int = Field(default=3, ge=1, le=1000)
     batch: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
-    pruner: Literal["median", "none"] = "median"
+    proxy: Proxy = "naswot"
     proxy_batch: int = Field(default=64, ge=2, le=1024)
+    augment: bool = False
+    workers: int = Field(default=2, ge=0, le=64)
+
+
+class ConfirmSettings(Settings):
+    """The final step: the ``trials`` best trials (the best first) re-evaluated with ``seeds`` more
+    training seeds each, so the table can say which of them are tied within seed noise."""
+
+    trials: int = Field(default=3, ge=0, le=100)
+    seeds: int = Field(default=2, ge=0, le=100)
 
 
 def _as_list(value):
@@ -69,6 +88,10 @@ class SearchSettings(Settings):
     budget: Budget
     sampler: Literal["tpe", "random", "nsga2"] = "tpe"
     seed: int = Field(default=0, ge=0)
+    pruner: Pruner = "median"
+    precision: Precision = "fp32"
+    repeats: int = Field(default=1, ge=1, le=100)
+    confirm: ConfirmSettings = ConfirmSettings()
     input: Annotated[InputSpec | None, BeforeValidator(_shape_to_input)] = None
     max_rejections: int = Field(default=1000, ge=1)
     data: DataSettings = DataSettings()
@@ -122,8 +145,10 @@ def _problem(source: Source, section: dict, err: dict):
     path = tuple(path)
     if err["type"] == "extra_forbidden":
         owner = _settings_class(err["loc"][:-1])
-        return source.problem(path, f"unknown option {path[-1]!r}", did_you_mean(str(path[-1]), owner.model_fields),
-                              key=True)
+        hint = ("the pruner is now an option of the search section: write search.pruner (hyperband, "
+                "successive_halving, median or none)" if path[-2:] == ("data", "pruner")
+                else did_you_mean(str(path[-1]), owner.model_fields))
+        return source.problem(path, f"unknown option {path[-1]!r}", hint, key=True)
     if err["type"] == "missing":
         example = {"budget": "budget: {flops: 30M} (params and latency optional)", "flops": "flops: 30M"}
         return source.problem(path, f"required option {path[-1]!r} is missing",
@@ -136,7 +161,8 @@ def _problem(source: Source, section: dict, err: dict):
 
 
 def _settings_class(loc: tuple) -> type[Settings]:
-    return {"budget": Budget, "data": DataSettings}.get(loc[0] if loc else None, SearchSettings)
+    return {"budget": Budget, "data": DataSettings, "confirm": ConfirmSettings}.get(loc[0] if loc else None,
+                                                                                   SearchSettings)
 
 
 def load_search(path: str | Path, model_input: list[int] | None = None) -> SearchFile:

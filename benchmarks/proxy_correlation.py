@@ -1,0 +1,164 @@
+"""Can the embedded task rank architectures, and which training-free proxy predicts the ranking?
+
+What: for each shipped search space (``search/*.yaml``), ``--archs`` (default 40) distinct random
+architectures within its budget, each trained on the space's data (``shapes`` by default) with the
+space's training settings (3 epochs, AdamW) at seed 0, and scored by every proxy of
+``archdsl/search/proxies.py`` (NASWOT, SynFlow, grad-norm, ZiCo) on the search's proxy batch of the
+untrained network (seed 0), besides analytic params and FLOPs. One architecture per space (the first
+drawn) is trained with ``--seeds`` (default 5) seeds for the seed noise.
+
+Reading the output, per space:
+
+- **spread vs noise**: max - min of the validation accuracy over the architectures, the seed
+  standard deviation of one architecture, and their ratio (issue 12's target: >= 5);
+- **correlations**: Kendall tau and Spearman rho of each score against trained accuracy, each with a
+  bootstrap 95% interval (``--boot`` resamples of the architectures, percentile method), and
+  whether the interval excludes 0.
+
+``--json FILE`` writes every measurement. One torch thread; the CPU model is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from scipy import stats
+
+from archdsl import build_model
+from archdsl.search import load_search
+from archdsl.search.data import class_count, open_data
+from archdsl.search.proxies import PROXIES
+from archdsl.search.training import resolve_device
+from common import CurveCache, cpu_model, random_candidates, train_curve, training_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bootstrap(x, y, statistic, resamples: int, rng) -> tuple[float, float, float]:
+    """The statistic on (x, y) and its 95% percentile interval over resampled pairs."""
+    x, y = np.asarray(x), np.asarray(y)
+    point = statistic(x, y)
+    draws = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(x), len(x))
+        value = statistic(x[index], y[index])
+        if np.isfinite(value):
+            draws.append(value)
+    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (np.nan, np.nan)
+    return point, float(low), float(high)
+
+
+def kendall(x, y) -> float:
+    return float(stats.kendalltau(x, y).statistic)
+
+
+def spearman(x, y) -> float:
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def measure_space(path: Path, archs: int, seeds: int, device, cache: CurveCache) -> dict:
+    search = load_search(path)
+    search.settings = search.settings.model_copy(update={"objective": ["train"]})
+    tree = search.base.tree
+    tree["head"] = {**tree.get("head", {}), "classes": class_count(search.settings.data.dataset)}
+    rows = []
+    start = time.perf_counter()
+    drawn = random_candidates(search, archs, seed=1)
+    for params, candidate in drawn:
+        image = candidate.objective_design.spec.input
+        data = open_data(search.settings.data.dataset, image.channels, image.height, image.width)
+        t0 = time.perf_counter()
+        accuracy = cache.curve(training_key(search, candidate.arch_hash), lambda report: train_curve(
+            candidate.objective_design, data, search.settings, 0, report, device))[-1]
+        seconds = time.perf_counter() - t0
+        images, labels = data.sample(search.settings.data.proxy_batch)
+        scores = {}
+        for name, proxy in PROXIES.items():
+            torch.manual_seed(0)
+            model = build_model(candidate.objective_design).to(device)
+            try:
+                scores[name] = proxy(model, images.to(device), labels.to(device))
+            except Exception as exc:  # noqa: BLE001 - a proxy that cannot score this one is recorded
+                scores[name] = float("nan")
+                print(f"  {name} failed on {candidate.arch_hash}: {exc}", file=sys.stderr)
+        rows.append({"arch": candidate.arch_hash, "params": candidate.design.cost.params,
+                     "flops": candidate.design.cost.flops, "accuracy": accuracy, "seconds": seconds,
+                     "sampled": params, **scores})
+        print(f"  {len(rows):>3} {candidate.arch_hash} acc {accuracy:.4f} ({seconds:.1f} s)", flush=True)
+    first = drawn[0][1]
+    image = first.objective_design.spec.input
+    data = open_data(search.settings.data.dataset, image.channels, image.height, image.width)
+    seed_accuracies = [rows[0]["accuracy"]] + [train_curve(first.objective_design, data, search.settings, s,
+                                                           lambda *_: None, device) for s in range(1, seeds)]
+    return {"space": path.stem, "dataset": search.settings.data.dataset, "rows": rows, "seed_arch": first.arch_hash,
+            "seed_accuracies": seed_accuracies, "minutes": (time.perf_counter() - start) / 60}
+
+
+def report(result: dict, resamples: int) -> None:
+    rows = result["rows"]
+    accuracy = [r["accuracy"] for r in rows]
+    spread = max(accuracy) - min(accuracy)
+    noise = statistics.stdev(result["seed_accuracies"])
+    print(f"\n{result['space']} ({result['dataset']}, {len(rows)} architectures, {result['minutes']:.1f} min)")
+    print(f"  accuracy {min(accuracy):.4f} .. {max(accuracy):.4f}: spread {spread:.4f}; seed std of one architecture "
+          f"{noise:.4f} over {len(result['seed_accuracies'])} seeds "
+          f"({', '.join(f'{a:.4f}' for a in result['seed_accuracies'])}); spread / seed std = "
+          f"{spread / noise if noise else float('inf'):.1f} (target >= 5: {'met' if spread >= 5 * noise else 'NOT met'})")
+    rng = np.random.default_rng(0)
+    print(f"  {'score':<10} {'Kendall tau [95% CI]':>28} {'Spearman rho [95% CI]':>28}")
+    for name in [*PROXIES, "params", "flops"]:
+        pairs = [(r[name], r["accuracy"]) for r in rows if np.isfinite(r[name])]
+        if len(pairs) < 5:
+            print(f"  {name:<10} too few finite scores ({len(pairs)})")
+            continue
+        x, y = zip(*pairs)
+        cells = []
+        for statistic in (kendall, spearman):
+            point, low, high = bootstrap(x, y, statistic, resamples, rng)
+            mark = "*" if low > 0 or high < 0 else " "
+            cells.append(f"{point:+.2f} [{low:+.2f}, {high:+.2f}]{mark}")
+        print(f"  {name:<10} {cells[0]:>28} {cells[1]:>28}")
+    print("  (* the interval excludes 0)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--boot", type=int, default=2000)
+    parser.add_argument("--spaces", nargs="+", default=None, help="space names (default: every search/*.yaml)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="write the measurements here")
+    parser.add_argument("--cache", help="a JSON file of accuracies trained at seed 0, read and extended (search_quality.py "
+                        "shares it)")
+    parser.add_argument("--from-json", help="report measurements written earlier instead of measuring")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread")
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+    else:
+        paths = sorted((ROOT / "search").glob("*.yaml"))
+        if args.spaces:
+            paths = [p for p in paths if p.stem in args.spaces]
+        results = []
+        for path in paths:
+            print(f"{path.stem}:", flush=True)
+            results.append(measure_space(path, args.archs, args.seeds, resolve_device(args.device),
+                                         CurveCache(args.cache)))
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+    for result in results:
+        report(result, args.boot)
+
+
+if __name__ == "__main__":
+    main()
