@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +57,15 @@ def bootstrap(x, y, statistic, resamples: int, rng) -> tuple[float, float, float
 
 
 def kendall(x, y) -> float:
-    return float(stats.kendalltau(x, y).statistic)
+    with warnings.catch_warnings():  # a resample of tied values has no correlation: NaN, left out
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.kendalltau(x, y).statistic)
 
 
 def spearman(x, y) -> float:
-    return float(stats.spearmanr(x, y).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def measure_space(path: Path, archs: int, seeds: int, device, cache: CurveCache) -> dict:

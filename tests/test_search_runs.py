@@ -119,7 +119,9 @@ def parameter_count(model, context):
 
 def test_custom_objective_from_python(write_spec, tmp_path):
     path = space(write_spec, trials=3, flops="600k")
-    outcome = runner.run(path, parameter_count, names=("weights",), directions=("minimize",), out=tmp_path / "r",
+    import archdsl.search
+
+    outcome = archdsl.search.run(path, parameter_count, names=("weights",), directions=("minimize",), out=tmp_path / "r",
                          device="cpu", pruner="none")
     complete = [r for r in outcome.rows if r.state == "complete"]
     assert len(complete) == 3 and all(r.values["weights"] == r.params for r in complete)
