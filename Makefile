@@ -1,4 +1,4 @@
-# Two commands: `make demo` (set up, build the default spec, then a 3-trial budgeted search on digits) and
+# Two commands: `make demo` (set up, build the default spec, then a 3-trial budgeted search on shapes) and
 # `make test` (set up, run the tests: the fast ones, and with CI set, as `.ci/run` sets it, also the
 # per-spec export, compile and optimize checks marked slow, about 45 minutes more on 2 cores).
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SPEC ?= specs/swin_t.yaml
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-search clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/cost_model.py
 	$(BIN)/python benchmarks/mixer_scaling.py
 	$(BIN)/python benchmarks/inference.py
+
+bench-search: $(VENV)/.installed
+	cd benchmarks && ../$(BIN)/python proxy_correlation.py --json ../results/proxy_correlation.json --cache ../results/curves.json
+	cd benchmarks && ../$(BIN)/python search_quality.py --cache ../results/curves.json
+	cd benchmarks && ../$(BIN)/python pruners.py --cache ../results/curves.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -295,9 +295,10 @@ class Search:
         best = self.best_rows(rows)
         out = self.out_dir
         noise, dof, p_values, tied = None, 0, {}, []
-        if len(self.metrics) == 1 and best and self.evaluator.seeded:
+        if best and self.evaluator.seeded:
             noise, dof, p_values = self.ties(rows, best[0])
-            tied = sorted((r for r in rows if p_values.get(r.number, 0) >= ALPHA), key=lambda r: -p_values[r.number])
+            if len(self.metrics) == 1:
+                tied = sorted((r for r in rows if p_values.get(r.number, 0) >= ALPHA), key=lambda r: -p_values[r.number])
         sampled = list(dict.fromkeys([d.name for d in self.search.dims] + [k for r in rows for k in r.sampled]))
         write_csv(out / "trials.csv", rows, self.metrics, sampled)  # nested dimensions after the top-level ones
         spec_dir = out / "best"
@@ -325,7 +326,8 @@ class Search:
                  + f"; device {self.device}, {self.settings.precision}"]
         lines += self._pruning_lines(rows)
         lines += self._noise_lines(best, tied, noise, dof, confirmations)
-        table = results_table(best + tied, self.metrics, p_values if best else None)
+        table = results_table(best + tied, self.metrics, p_values if noise is not None and len(self.metrics) == 1
+                              else None)
         return Outcome(rows, best, out, "\n".join(lines), table, noise, tied)
 
     def _pruning_lines(self, rows: list[TrialRow]) -> list[str]:
