@@ -164,16 +164,18 @@ def test_two_workers_with_one_seed_propose_different_first_architectures(write_s
     assert again.worker_index == 0 and again.proposer.propose(study)[2].arch_hash == first[0]
 
 
-# --- the issue's check on a shipped space --------------------------------------------------------
-def test_mixer_placement_bf16_hyperband_six_trials(capsys, tmp_path):
-    code, out, err = search(capsys, ROOT / "search" / "mixer_placement.yaml", tmp_path / "r", "--trials", "6",
-                            "--device", "cpu", "--precision", "bf16", "--pruner", "hyperband")
+# --- the issue's check: bf16 on the CPU, hyperband, ties marked ------------------------------------
+def test_bf16_hyperband_search_marks_ties(capsys, write_spec, tmp_path):
+    """The flags of issue 12's check (``--trials 6 --device cpu --precision bf16 --pruner hyperband``)
+    on the test space (digits, 2 epochs: bf16 is emulated on CPUs without AVX512-BF16 or AMX)."""
+    path = space(write_spec, objective="train", flops="2M", epochs=2, confirm=2)
+    code, out, err = search(capsys, path, tmp_path / "r", "--trials", "6", "--device", "cpu", "--precision", "bf16",
+                            "--pruner", "hyperband")
     assert code == 0, err
     assert "device cpu, bf16" in out and "pruner hyperband:" in out
     assert "seed noise of accuracy: std " in out and "tied with the best" in out
     assert "vs best" in out
-    complete = [r for r in rows(tmp_path / "r") if r["state"] in ("complete", "pruned")]
-    assert len(complete) == 6
+    assert sum(r["state"] in ("complete", "pruned") for r in rows(tmp_path / "r")) == 6
 
 
 # --- real data folders through the command line ----------------------------------------------------
