@@ -268,9 +268,10 @@ def _count(text: str) -> int:
 
 def _data(text: str) -> str:
     """``shapes``, ``digits`` or a folder in the ImageNet layout or a flat ImageFolder (checked now)."""
-    if text in ("shapes", "digits"):
+    from .search.data import BUILTIN_DATASETS, DataError, check_folder
+
+    if text in BUILTIN_DATASETS:
         return text
-    from .search.data import DataError, check_folder
     try:
         check_folder(text)
     except DataError as exc:

@@ -1,6 +1,5 @@
 """The search's data: digits, shapes (a fake generator, and the real one when it exists) and image folders
 in both layouts, held in memory or streamed; the refusals; determinism; augmentation."""
-import importlib.util
 import sys
 import types
 
@@ -137,7 +136,6 @@ def test_shapes_not_square_drawn_at_the_larger_side(fake_shapes):
     assert next(shapes.val_batches(10))[0].shape == (10, 1, 24, 40)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("archdsl.search.shapes") is None, reason="no archdsl/search/shapes.py")
 def test_shapes_real_generator():
     from archdsl.search.shapes import SHAPES_CLASSES
     shapes = open_data("shapes", 3, 16, 16)

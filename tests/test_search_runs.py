@@ -13,7 +13,6 @@ from archdsl.search import runner
 from archdsl.search.noise import pooled_std, tie_p_value
 from archdsl.search.pruners import make_pruner, pruning_note
 from archdsl.search.training import resolve_device
-from conftest import ROOT
 from test_search import rows, search, space, study_of
 
 

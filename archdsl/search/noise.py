@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 
 import optuna
 from scipy import stats
@@ -40,19 +39,6 @@ def seed_values(study: optuna.Study, trial: optuna.trial.FrozenTrial, attrs: dic
     merged = {int(s): list(v) for s, v in own.items()}
     merged.update({int(s): list(v) for s, v in attrs.get(f"confirm:{source}", {}).items()})
     return dict(sorted(merged.items()))
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A trial's mean and sample standard deviation over its seeds (``std`` None for one seed)."""
-
-    mean: float
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Estimate":
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
 def pooled_std(groups: list[list[float]]) -> tuple[float | None, int]:

@@ -43,7 +43,3 @@ def pruning_note(pruner: str, objectives: list[str], custom: bool) -> str:
         return f"pruner {pruner} off: the {objectives[0]} objective trains nothing"
     return ""
 
-
-def epochs_saved(trained: list[int], full: int) -> tuple[int, int]:
-    """Epochs the evaluated trials trained, and what the same trials would have cost unpruned."""
-    return sum(trained), full * len(trained)

@@ -33,7 +33,7 @@ from .data import class_count
 from .evaluation import POLL_S, Evaluator
 from .failures import SearchStopped
 from .noise import ALPHA, TEST_TEXT, confirm, pooled_std, seed_values, tie_p_value
-from .objectives import ANALYTIC, BUILT_IN, CustomObjective, search_metrics
+from .objectives import ANALYTIC, BUILT_IN, SEEDED, CustomObjective, search_metrics
 from .proposals import Proposer, is_done
 from .pruners import make_pruner, pruning_note
 from .report import TrialRow, pareto_front, plot_trials, results_table, spec_yaml, write_atomic, write_csv
@@ -75,7 +75,7 @@ class Search:
         self.device = resolve_device(device)
         self.custom = objective
         self.metrics = search_metrics(self.settings, objective)
-        self.uses_data = objective is not None or bool({"train", "proxy"} & set(self.settings.objective))
+        self.uses_data = objective is not None or bool(SEEDED & set(self.settings.objective))
         if self.uses_data:
             self._set_classes(class_count(self.settings.data.dataset))
         self.pruning_note = pruning_note(self.settings.pruner, list(self.settings.objective) if not objective
