@@ -1,12 +1,13 @@
 # Two commands: `make demo` (set up, build the default spec, then a 3-trial budgeted search on shapes) and
-# `make test` (set up, run the tests: the fast ones, and with CI set, as `.ci/run` sets it, also the
-# per-spec export, compile and optimize checks marked slow, about 45 minutes more on 2 cores).
+# `make test` (set up, run the tests; `.ci/run` runs it on a clean clone). `make test-all` adds the
+# tests marked slow: the per-spec export and optimize checks on every spec, not only on one spec per
+# family (about 45 minutes more on 2 cores).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SPEC ?= specs/swin_t.yaml
 
-.PHONY: demo test bench bench-search clean
+.PHONY: demo test test-all bench bench-search clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,10 @@ demo: $(VENV)/.installed
 	$(BIN)/archdsl search search/mixer_placement.yaml --trials 3 --out results/demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q $(if $(CI),,-m "not slow")
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py

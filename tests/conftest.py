@@ -10,6 +10,19 @@ from archdsl.cost import TensorShape
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("**/*.yaml"))
 
+# One full-size spec per family (plain attention, shifted windows with the graft, EMS, MAT, partial
+# attention, ScalableViT, bottleneck ResNet, visual tokens on basic blocks): the per-spec export and
+# compile checks run on these by default; on every other spec they are marked ``slow`` and run by
+# ``make test-all``.
+REPRESENTATIVES = frozenset({"deit_t", "swin_t_graft", "emsnet_xxtiny", "mat_1", "partialformer_b0",
+                             "scalablevit_s", "resnet50", "vt_r18"})
+
+
+def sweep(paths: list[Path]) -> list:
+    """``paths`` as pytest parameters, each spec outside ``REPRESENTATIVES`` marked ``slow``."""
+    return [pytest.param(path, marks=() if path.stem in REPRESENTATIVES else pytest.mark.slow)
+            for path in paths]
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -1,8 +1,9 @@
 """Export (issue 6, item 4): every spec to ``torch.export`` (.pt2) and ONNX with a dynamic batch,
 reloaded and run at another batch size than the one exported with, equal to eager within 1e-4.
 
-The per-spec tests are marked ``slow`` (an ONNX export of a large model takes up to two minutes
-here); the unmarked ones cover both formats on DeiT-T and on tiny specs with shifted window
+The per-spec tests run on one full-size spec per family (``conftest.REPRESENTATIVES``) and are
+marked ``slow`` on the others (an ONNX export of a large model takes up to two minutes here;
+``make test-all`` runs them); the other tests cover both formats on tiny specs with shifted window
 attention (relative position bias, mask, LIM) and partial attention (the stable sort's ONNX
 translation), and the errors of ``export_model``.
 """
@@ -19,7 +20,7 @@ import torch.nn as nn
 import archdsl
 from archdsl.export import export_model, exported_difference, onnx_translations
 from archdsl.testing import perturb_norms
-from conftest import ROOT, SPECS, TINY_PARTIAL
+from conftest import ROOT, SPECS, TINY_PARTIAL, sweep
 
 EXPORT_BATCH, RUN_BATCH = 2, 3  # exported at one batch size, run at another: the batch is dynamic
 TOLERANCE = 1e-4
@@ -62,16 +63,10 @@ def spec_id(path: Path) -> str:
     return path.relative_to(ROOT / "specs").with_suffix("").as_posix()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["pt2", "onnx"])
-@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("spec", sweep(SPECS), ids=spec_id)
 def test_every_spec_exports(spec, fmt, tmp_path):
     check_export(archdsl.build_model(spec), tmp_path, fmt)
-
-
-@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
-def test_deit_t_exports(fmt, tmp_path):
-    check_export(archdsl.build_model(ROOT / "specs" / "deit_t.yaml"), tmp_path, fmt)
 
 
 @pytest.mark.parametrize("fmt", ["pt2", "onnx"])

@@ -1,7 +1,8 @@
 """``archdsl.optimize``: compiled inference equals eager on every spec; channels_last follows the conv rule.
 
 The per-spec test is also the check that ``torch.compile`` works on every spec: it compiles each
-model with inductor (10-130 s each on 2 cores) and is marked ``slow``.
+model with inductor (10-130 s each on 2 cores): by default on one spec per family
+(``conftest.REPRESENTATIVES``), on every spec with ``make test-all`` (the others are marked ``slow``).
 """
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch._dynamo
 import archdsl
 from archdsl.optimize import CONV_SHARE, conv_share, optimize
 from archdsl.testing import perturb_norms
-from conftest import ROOT, SPECS, TINY_ATTENTION
+from conftest import ROOT, SPECS, TINY_ATTENTION, sweep
 
 TOLERANCE = 1e-4
 
@@ -53,8 +54,7 @@ def test_tiny_spec_channels_last_rule_and_parity(write_spec, spec_text, conv):
         assert (fast(x) - model(x)).abs().max().item() <= TOLERANCE  # another batch size: the dynamic graph
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", SPECS, ids=[str(p.relative_to(ROOT / "specs")) for p in SPECS])
+@pytest.mark.parametrize("path", sweep(SPECS), ids=[str(p.relative_to(ROOT / "specs")) for p in SPECS])
 def test_optimized_equals_eager(path):
     torch.manual_seed(0)
     expected, out, _ = eager_and_optimized(archdsl.build_model(path))
