@@ -52,7 +52,8 @@ def random_candidates(search, count: int, seed: int) -> list:
 def training_key(search, arch_hash: str) -> str:
     """What a cached curve depends on: the space, its data and training settings, the architecture."""
     d = search.settings.data
-    return f"{search.name}:{d.dataset}:{d.epochs}:{d.batch}:{d.lr}:{d.weight_decay}:{search.settings.precision}:{arch_hash}"
+    return (f"{search.name}:{d.dataset}:{d.epochs}:{d.batch}:{d.lr}:{d.weight_decay}:{d.warmup_epochs}:{d.clip_grad}:"
+            f"{search.settings.precision}:{arch_hash}")
 
 
 class CurveCache:

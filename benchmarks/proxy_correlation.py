@@ -2,7 +2,8 @@
 
 What: for each shipped search space (``search/*.yaml``), ``--archs`` (default 40) distinct random
 architectures within its budget, each trained on the space's data (``shapes`` by default) with the
-space's training settings (3 epochs, AdamW) at seed 0, and scored by every proxy of
+space's training settings (``search/*.yaml``: 8 epochs on mixer_placement and scales, the default 3
+on tokens; AdamW, warmup, cosine decay) at seed 0, and scored by every proxy of
 ``archdsl/search/proxies.py`` (NASWOT, SynFlow, grad-norm, ZiCo) on the search's proxy batch of the
 untrained network (seed 0), besides analytic params and FLOPs. The first ``--noise-archs`` (default 3)
 architectures drawn are trained with ``--seeds`` (default 5) seeds each for the seed noise.

@@ -2,8 +2,8 @@
 
 What: ``search/mixer_placement.yaml`` searched with TPE under each pruner (``none``, ``median``,
 ``successive_halving``, ``hyperband``; epochs as the resource) for ``--seeds`` (default 5) sampler
-seeds. Equal compute: every search gets ``--epochs-budget`` training epochs (default 60, i.e. 20
-unpruned trials of 3 epochs); a pruned search runs up to ``--trials`` trials and is cut, in trial
+seeds. Equal compute: every search gets ``--epochs-budget`` training epochs (default: what 20
+unpruned trials of the space's epochs cost, 160 at its 8 epochs); a pruned search runs up to ``--trials`` trials and is cut, in trial
 order, where its epochs trained reach the budget (later trials cannot change earlier ones in one
 worker, so the cut is the search that budget would have bought). Architectures are trained once at
 seed 0 and their learning curves replayed (``common.CurveCache``), so the pruners differ only in
@@ -65,13 +65,16 @@ def one_search(pruner: str, seed: int, trials: int, budget: int, cache: CurveCac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs-budget", type=int, default=60)
+    parser.add_argument("--epochs-budget", type=int, default=None,
+                        help="training epochs per search (default: 20 unpruned trials of the space's epochs)")
     parser.add_argument("--trials", type=int, default=60, help="trials a pruned search may run before its cut")
     parser.add_argument("--cache", default="results/curves.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cache = CurveCache(args.cache)
+    if args.epochs_budget is None:
+        args.epochs_budget = 20 * load_search(ROOT / "search" / "mixer_placement.yaml").settings.data.epochs
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; budget {args.epochs_budget} epochs per search, "
           f"seeds 0..{args.seeds - 1}")
     results = {p: [] for p in PRUNERS}

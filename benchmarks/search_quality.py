@@ -6,7 +6,7 @@ sampling; ``search/scales.yaml`` (accuracy and FLOPs) with NSGA-II and random sa
 runs ``--trials`` trials (default 30) for each of ``--seeds`` (default 10) sampler seeds, through
 archdsl's real search loop (proposals, budget, reuse), unpruned and without confirmation seeds.
 
-How an architecture is scored: trained once at seed 0 with the space's settings (``shapes``, 3
+How an architecture is scored: trained once at seed 0 with the space's settings (``shapes``, 8
 epochs) and looked up afterwards (a custom objective over ``--cache``, as a tabular NAS benchmark
 does), so every sampler and seed sees the same accuracy for the same architecture and the
 comparison measures the samplers, not the training noise. (The seed noise of one architecture is

@@ -12,7 +12,8 @@ from archdsl.cli import main
 from archdsl.search import runner
 from archdsl.search.noise import pooled_std, tie_p_value
 from archdsl.search.pruners import make_pruner, pruning_note
-from archdsl.search.training import resolve_device
+from archdsl.search.settings import DataSettings
+from archdsl.search.training import resolve_device, train_accuracy, warmup_lr_factor
 from test_search import rows, search, space, study_of
 
 
@@ -42,6 +43,49 @@ def test_pruners_are_optunas_with_epochs_as_resource():
     assert "single objective" in pruning_note("hyperband", ["train", "flops"], False)
     assert "trains nothing" in pruning_note("median", ["proxy"], False)
     assert pruning_note("median", ["objective"], True) == ""
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine():
+    factors = [warmup_lr_factor(step, warmup=4, total=12) for step in range(13)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[8] == pytest.approx(0.5) and factors[12] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert [warmup_lr_factor(step, 0, 4) for step in (0, 2, 4)] == pytest.approx([1.0, 0.5, 0.0])
+
+
+class OneHugeBatch:
+    """An ``ImageData`` of one batch of huge inputs: unclipped gradients are huge."""
+    train_size = 8
+
+    def __init__(self):
+        self.images, self.labels = torch.randn(8, 4) * 1e4, torch.arange(8) % 2
+
+    def train_batches(self, batch, seed):
+        yield self.images, self.labels
+
+    def val_batches(self, batch):
+        yield self.images, self.labels
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_gradients_are_clipped_to_the_stated_norm(clip):
+    model = torch.nn.Linear(4, 2)
+    norms = []
+    step = torch.optim.AdamW.step
+
+    def spy(optimizer, *args, **kwargs):  # the global gradient norm the optimizer is handed
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item())
+        return step(optimizer, *args, **kwargs)
+
+    opts = DataSettings(epochs=2, batch=8, warmup_epochs=1, clip_grad=clip)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", spy)
+        train_accuracy(model, OneHugeBatch(), opts, 0, lambda *_: None, torch.device("cpu"))
+    assert len(norms) == 2
+    if clip is None:
+        assert min(norms) > 100
+    else:
+        assert max(norms) == pytest.approx(clip, rel=1e-4)
 
 
 def test_devices_resolve_or_are_refused():

@@ -14,8 +14,8 @@ search:
   input: 3x32x32              # the input the objective runs at (default: the model's; the budget is
                               # always counted at the model's input)
   max_rejections: 1000        # candidates rejected in a row before the search stops
-  data: {dataset: shapes, epochs: 3, batch: 64, lr: 2e-3, weight_decay: 0.05, proxy: naswot, proxy_batch: 64,
-         augment: false, workers: 2}
+  data: {dataset: shapes, epochs: 3, batch: 64, lr: 2e-3, weight_decay: 0.05, warmup_epochs: 1, clip_grad: 1.0,
+         proxy: naswot, proxy_batch: 64, augment: false, workers: 2}
 ```
 """
 from __future__ import annotations
@@ -55,13 +55,18 @@ class Budget(Settings):
 class DataSettings(Settings):
     """The images the objectives see: ``shapes`` (procedurally generated, ``archdsl/search/shapes.py``),
     ``digits`` (scikit-learn's, upscaled) or a folder (ImageNet layout or a flat ImageFolder); training
-    and proxy options. ``proxy`` names the training-free score the ``proxy`` objective computes."""
+    and proxy options. Training is AdamW with ``lr`` reached by a linear warmup over ``warmup_epochs``
+    (at most the run's epochs) and a cosine decay to 0 after it, gradients clipped to a global norm of
+    ``clip_grad`` (``null``: not clipped). ``proxy`` names the training-free score the ``proxy``
+    objective computes."""
 
     dataset: str = "shapes"
     epochs: int = Field(default=3, ge=1, le=1000)
     batch: int = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: float = Field(default=1, ge=0, le=1000)
+    clip_grad: float | None = Field(default=1.0, gt=0)
     proxy: Proxy = "naswot"
     proxy_batch: int = Field(default=64, ge=2, le=1024)
     augment: bool = False

@@ -67,13 +67,16 @@ def synchronize(device: torch.device) -> None:
 
 def train_accuracy(model: nn.Module, data, opts, seed: int, report: Callable[[float, int], None],
                    device: torch.device, precision: str = "fp32") -> float:
-    """Train ``opts.epochs`` epochs of ``data`` (an ``ImageData``) with AdamW and cosine decay on
-    ``device``; after each epoch the validation accuracy goes to ``report(accuracy, epoch)`` (which
-    may stop the run by raising); the last accuracy is returned."""
+    """Train ``opts.epochs`` epochs of ``data`` (an ``ImageData``) on ``device`` with AdamW, the
+    learning rate of ``warmup_lr_factor`` and gradients clipped to ``opts.clip_grad``; after each epoch
+    the validation accuracy goes to ``report(accuracy, epoch)`` (which may stop the run by raising);
+    the last accuracy is returned."""
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     steps_per_epoch = math.ceil(data.train_size / opts.batch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.epochs * steps_per_epoch)
+    total = opts.epochs * steps_per_epoch
+    warmup = min(total, round(opts.warmup_epochs * steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_lr_factor(step, warmup, total))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     accuracy = 0.0
     for epoch in range(opts.epochs):
@@ -86,12 +89,24 @@ def train_accuracy(model: nn.Module, data, opts, seed: int, report: Callable[[fl
                 raise TrialFailure(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if opts.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
         accuracy = evaluate_accuracy(model, data, device, precision)
         report(accuracy, epoch + 1)
     return accuracy
+
+
+def warmup_lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) as a fraction of the peak: rising linearly
+    over the first ``warmup`` steps (1/warmup at step 0, 1 at step ``warmup - 1``), then a half cosine
+    from 1 at step ``warmup`` to 0 at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def evaluate_accuracy(model: nn.Module, data, device: torch.device, precision: str = "fp32",
