@@ -70,7 +70,8 @@ def spearman(x, y) -> float:
         return float(stats.spearmanr(x, y).statistic)
 
 
-def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device, cache: CurveCache) -> dict:
+def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device, cache: CurveCache,
+                  proxies: list[str]) -> dict:
     search = load_search(path)
     search.settings = search.settings.model_copy(update={"objective": ["train"]})
     tree = search.base.tree
@@ -87,7 +88,8 @@ def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device, 
         seconds = time.perf_counter() - t0
         images, labels = data.sample(search.settings.data.proxy_batch)
         scores = {}
-        for name, proxy in PROXIES.items():
+        for name in proxies:
+            proxy = PROXIES[name]
             torch.manual_seed(0)
             model = build_model(candidate.objective_design).to(device)
             try:
@@ -109,7 +111,7 @@ def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device, 
         print(f"  seeds of {candidate.arch_hash}: {', '.join(f'{a:.4f}' for a in noise[candidate.arch_hash])}",
               flush=True)
     return {"space": path.stem, "dataset": search.settings.data.dataset, "rows": rows, "seed_accuracies": noise,
-            "minutes": (time.perf_counter() - start) / 60}
+            "minutes": (time.perf_counter() - start) / 60, "proxies": proxies}
 
 
 def report(result: dict, resamples: int) -> None:
@@ -127,7 +129,7 @@ def report(result: dict, resamples: int) -> None:
               f"(target >= 5: {'met' if ratio >= 5 else 'NOT met'})")
     rng = np.random.default_rng(0)
     print(f"  {'score':<10} {'Kendall tau [95% CI]':>28} {'Spearman rho [95% CI]':>28}")
-    for name in [*PROXIES, "params", "flops"]:
+    for name in [*result.get("proxies", PROXIES), "params", "flops"]:
         pairs = [(r[name], r["accuracy"]) for r in rows if np.isfinite(r[name])]
         if len(pairs) < 5:
             print(f"  {name:<10} too few finite scores ({len(pairs)})")
@@ -149,6 +151,8 @@ def main() -> None:
     parser.add_argument("--noise-archs", type=int, default=3, help="architectures trained with --seeds seeds")
     parser.add_argument("--boot", type=int, default=2000)
     parser.add_argument("--spaces", nargs="+", default=None, help="space names (default: every search/*.yaml)")
+    parser.add_argument("--proxies", nargs="*", default=list(PROXIES), choices=list(PROXIES),
+                        help="the proxies scored (default: all; the flag alone: none, only the spread, the seed noise, params and FLOPs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--cache", help="a JSON file of accuracies trained at seed 0, read and extended (search_quality.py "
@@ -168,7 +172,7 @@ def main() -> None:
         for path in paths:
             print(f"{path.stem}:", flush=True)
             results.append(measure_space(path, args.archs, args.seeds, args.noise_archs, resolve_device(args.device),
-                                         CurveCache(args.cache)))
+                                         CurveCache(args.cache), args.proxies))
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
     for result in results:
