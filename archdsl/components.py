@@ -56,14 +56,20 @@ def bare_name(value: Any) -> Any:
 
 
 class Registry:
-    """The known kinds of one family of components (mixers, stems, norms, ...)."""
+    """The known kinds of one family of components (mixers, stems, norms, ...). A kind is registered
+    once: a second class under a taken name is refused, naming the class that holds it."""
 
     def __init__(self, family: str, key: str = "kind"):
         self.family, self.key = family, key
         self.classes: dict[str, type[Component]] = {}
 
     def register(self, cls: type[Component]) -> type[Component]:
-        self.classes[cls.kind_name(self.key)] = cls
+        name = cls.kind_name(self.key)
+        holder = self.classes.get(name)
+        if holder is not None and holder is not cls:
+            raise ValueError(f"{self.family} {name!r} is already registered by {holder.__module__}.{holder.__qualname__}; "
+                             f"{cls.__module__}.{cls.__qualname__} needs another name")
+        self.classes[name] = cls
         return cls
 
     def names(self) -> list[str]:

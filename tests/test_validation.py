@@ -148,3 +148,24 @@ def test_calls_inside_flow_collections_get_a_quoting_hint(write_spec):
     quoted = write_spec('name: x\nstem: patch_embed(patch=4)\n'
                         'stages: [{depth: 1, width: 8, mixer: "window(size=7, heads=2)"}]\n', "quoted.yaml")
     assert archdsl.load_design(quoted).spec.stages[0].mixer_at(0).heads == 2
+
+
+def test_a_duplicate_kind_is_refused_naming_the_first_class():
+    from typing import Literal
+
+    from archdsl.components import MIXERS, Component, Registry
+    from archdsl.mixers.identity import IdentityMixerSpec
+
+    class AnotherIdentity(Component):
+        kind: Literal["identity"] = "identity"
+
+    registry = Registry("mixer")
+    registry.register(IdentityMixerSpec)
+    registry.register(IdentityMixerSpec)  # the same class again: nothing changes
+    with pytest.raises(ValueError, match=r"mixer 'identity' is already registered by "
+                                         r"archdsl\.mixers\.identity\.IdentityMixerSpec"):
+        registry.register(AnotherIdentity)
+    assert registry.classes == {"identity": IdentityMixerSpec}
+    with pytest.raises(ValueError, match="already registered"):
+        MIXERS.register(AnotherIdentity)
+    assert MIXERS.classes["identity"] is IdentityMixerSpec
