@@ -194,7 +194,9 @@ def test_sigkill_then_rerun_continues_the_study(write_spec, tmp_path):
             trials = study_of(out).trials
         except Exception:  # noqa: BLE001 - the study is being created
             continue
-        running = [t for t in trials if t.state.name == "RUNNING" and "worker" in t.user_attrs]
+        # a trial with at least 3 of its 6 epochs still to train: it cannot finish before the signal lands
+        running = [t for t in trials if t.state.name == "RUNNING" and "worker" in t.user_attrs
+                   and t.user_attrs.get("epochs_trained", 0) <= 3]
         if sum(t.state.name == "COMPLETE" for t in trials) >= 1 and running:
             first.send_signal(signal.SIGKILL)
             killed_number = running[0].number
