@@ -50,10 +50,10 @@ def random_candidates(search, count: int, seed: int) -> list:
 
 
 def training_key(search, arch_hash: str) -> str:
-    """What a cached curve depends on: the space, its data and training settings, the architecture."""
-    d = search.settings.data
-    return (f"{search.name}:{d.dataset}:{d.epochs}:{d.batch}:{d.lr}:{d.weight_decay}:{d.warmup_epochs}:{d.clip_grad}:"
-            f"{search.settings.precision}:{arch_hash}")
+    """What a cached curve depends on: the space, its data and training settings (every data option but
+    the proxy's and the loader's), the precision, the architecture."""
+    training = search.settings.data.model_dump_json(exclude={"proxy", "proxy_batch", "workers"})
+    return f"{search.name}:{training}:{search.settings.precision}:{arch_hash}"
 
 
 class CurveCache:

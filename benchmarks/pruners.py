@@ -32,6 +32,7 @@ from common import CurveCache, cpu_model, tabular_objective
 from search_quality import interval
 
 ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search" / "mixer_placement.yaml"
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 
 
@@ -51,7 +52,7 @@ def within_budget(rows, budget: int) -> tuple[float, int]:
 
 
 def one_search(pruner: str, seed: int, trials: int, budget: int, cache: CurveCache) -> tuple[float, int]:
-    search = load_search(ROOT / "search" / "mixer_placement.yaml")
+    search = load_search(SPACE)
     epochs = search.settings.data.epochs
     search.settings = search.settings.model_copy(update={
         "seed": seed, "pruner": pruner, "trials": budget // epochs if pruner == "none" else trials,
@@ -74,7 +75,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cache = CurveCache(args.cache)
     if args.epochs_budget is None:
-        args.epochs_budget = 20 * load_search(ROOT / "search" / "mixer_placement.yaml").settings.data.epochs
+        args.epochs_budget = 20 * load_search(SPACE).settings.data.epochs
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; budget {args.epochs_budget} epochs per search, "
           f"seeds 0..{args.seeds - 1}")
     results = {p: [] for p in PRUNERS}

@@ -54,8 +54,9 @@ Design decisions, from pilots (3 epochs, AdamW lr 2e-3, 5,000 training images, t
   token mixing in its first stages learned the relation in some training seeds and stayed at chance on
   it in others (0.93 or 0.56 for the same architecture; an earlier draft showed the same on noise-free
   images). With the search's training (one warmup epoch, gradients clipped at norm 1) the same
-  architectures are stable: seed std 0.001-0.004 at 8 epochs on ``search/mixer_placement.yaml``. Accuracy without any token mixing is about 0.49 (texture and shape
-  learned, relation at chance), with it up to about 0.94.
+  architectures are stable: seed std 0.001-0.004 at 8 epochs on ``search/mixer_placement.yaml``.
+  Accuracy without any token mixing is about 0.49 (texture and shape learned, relation at chance),
+  with it up to about 0.94.
 - Geometry scales with ``size``: radii, distances, stripe period (``max(2, round(size / 8))``) and dot
   size (``max(1, round(size / 16))``); below 16 pixels the stripe period and dots no longer resolve, so
   smaller sizes are refused.
