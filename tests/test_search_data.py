@@ -43,8 +43,8 @@ def epoch(images, batch, seed):
     return torch.cat(xs), torch.cat(ys)
 
 
-def validation(images, batch=7):
-    xs, ys = zip(*images.val_batches(batch))
+def validation(images, batch=7, count=None):
+    xs, ys = zip(*images.val_batches(batch, count))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -116,31 +116,44 @@ def fake_shapes(monkeypatch):
 def test_shapes_from_the_generator(fake_shapes):
     assert class_count("shapes") == 3
     shapes = open_data("shapes", 3, 32, 32)
-    assert fake_shapes == [(5000, 1, 32), (2000, 2, 32)]
+    assert fake_shapes == [(5000, 1, 32), (10000, 2, 32)]
     assert (shapes.name, shapes.class_names) == ("shapes 32x32", ["circle", "square", "triangle"])
-    assert (shapes.classes, shapes.train_size, shapes.val_size) == (3, 5000, 2000)
+    assert (shapes.classes, shapes.train_size, shapes.val_size) == (3, 5000, 10000)
     train_x, train_y = epoch(shapes, 1000, seed=0)
     assert train_x.shape == (5000, 3, 32, 32) and train_x.dtype == torch.float32
     assert torch.allclose(train_x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)
     assert torch.allclose(train_x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
     assert not torch.equal(train_y, epoch(shapes, 1000, seed=1)[1])
-    assert validation(shapes, 500)[0].shape == (2000, 3, 32, 32)
+    assert validation(shapes, 500)[0].shape == (10000, 3, 32, 32)
     open_data("shapes", 1, 32, 32)
     assert len(fake_shapes) == 2  # generated once per geometry
 
 
 def test_shapes_not_square_drawn_at_the_larger_side(fake_shapes):
     shapes = open_data("shapes", 1, 24, 40)
-    assert fake_shapes == [(5000, 1, 40), (2000, 2, 40)]
+    assert fake_shapes == [(5000, 1, 40), (10000, 2, 40)]
     assert shapes.sample(4)[0].shape == (4, 1, 24, 40)
     assert next(shapes.val_batches(10))[0].shape == (10, 1, 24, 40)
+
+
+def test_validation_subset_is_fixed_and_part_of_the_split(fake_shapes):
+    shapes = open_data("shapes", 3, 32, 32)
+    full_x, full_y = validation(shapes, 500)
+    index = shapes.val_subset(300)
+    assert len(index) == len(set(index)) == 300 and index == sorted(index) and index != list(range(300))
+    x, y = validation(shapes, 64, count=300)
+    assert torch.equal(x, full_x[index]) and torch.equal(y, full_y[index])
+    assert torch.equal(validation(shapes, 7, count=300)[0], x)  # the same images whatever the batch
+    assert shapes.val_subset(None) == shapes.val_subset(10000) == shapes.val_subset(10**6) == list(range(10000))
+    with pytest.raises(ValueError, match="count"):
+        shapes.val_subset(0)
 
 
 def test_shapes_real_generator():
     from archdsl.search.shapes import SHAPES_CLASSES
     shapes = open_data("shapes", 3, 16, 16)
     assert shapes.classes == class_count("shapes") == len(SHAPES_CLASSES)
-    assert (shapes.train_size, shapes.val_size) == (5000, 2000)
+    assert (shapes.train_size, shapes.val_size) == (5000, 10000)
     x, y = shapes.sample(64)
     assert x.shape == (64, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert int(y.max()) < shapes.classes

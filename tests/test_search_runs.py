@@ -63,7 +63,7 @@ class OneHugeBatch:
     def train_batches(self, batch, seed):
         yield self.images, self.labels
 
-    def val_batches(self, batch):
+    def val_batches(self, batch, count=None):
         yield self.images, self.labels
 
 
@@ -86,6 +86,27 @@ def test_gradients_are_clipped_to_the_stated_norm(clip):
         assert min(norms) > 100
     else:
         assert max(norms) == pytest.approx(clip, rel=1e-4)
+
+
+class CountingValidation(OneHugeBatch):
+    """Records the subset size each validation pass asks for."""
+    val_size = 1000
+
+    def __init__(self):
+        super().__init__()
+        self.counts = []
+
+    def val_batches(self, batch, count=None):
+        self.counts.append(count)
+        yield from super().val_batches(batch)
+
+
+@pytest.mark.parametrize("epoch_val", [None, 300])
+def test_epochs_before_the_last_are_scored_on_the_subset_the_last_on_everything(epoch_val):
+    data = CountingValidation()
+    opts = DataSettings(epochs=3, batch=8, epoch_val=epoch_val)
+    train_accuracy(torch.nn.Linear(4, 2), data, opts, 0, lambda *_: None, torch.device("cpu"))
+    assert data.counts == [epoch_val, epoch_val, None]
 
 
 def test_devices_resolve_or_are_refused():

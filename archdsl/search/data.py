@@ -1,13 +1,13 @@
 """Images for the search's trainer and zero-cost proxies, through one interface, :class:`ImageData`:
-``train_batches(batch, seed)`` (one shuffled epoch), ``val_batches(batch)`` (the whole validation split,
-fixed order) and ``sample(count)`` (a fixed batch of training images). Batches are CPU tensors, images
+``train_batches(batch, seed)`` (one shuffled epoch), ``val_batches(batch, count)`` (the whole validation
+split, or a fixed subset of ``count`` images, in a fixed order) and ``sample(count)`` (a fixed batch of training images). Batches are CPU tensors, images
 float32 ``(N, C, H, W)`` normalised, labels int64; the trainer moves them to its device itself.
 :func:`open_data` picks the kind:
 
 * ``"digits"``: scikit-learn's 1,797 8x8 greyscale digits (shipped with scikit-learn, nothing
   downloaded), upscaled bilinearly to the search input, split 80/20 stratified with ``SPLIT_SEED``.
 * ``"shapes"``: the procedural data set of :mod:`archdsl.search.shapes`: 5,000 training images
-  (``make_shapes`` seed 1) and 2,000 validation images (seed 2), drawn at the input size when the input is
+  (``make_shapes`` seed 1) and 10,000 validation images (seed 2), drawn at the input size when the input is
   square, else at ``max(height, width)`` (at least ``SHAPES_MIN_SIZE``) and resized bilinearly.
 * any other string: a folder of images, in one of two layouts (a built-in name wins; write ``./digits``
   for a folder of that name):
@@ -49,8 +49,9 @@ What is held in memory, and when:
 
 Determinism: ``train_batches(batch, seed)`` orders the epoch by a ``torch.Generator`` seeded by ``seed``,
 and augments each image from a seed drawn from it, so an epoch is a function of the seed alone (whatever
-the number of workers); the global random states are left as they were. ``val_batches`` and ``sample``
-(``SAMPLE_SEED``'s first ``count`` training images, unaugmented) never change. :func:`open_data` is cached
+the number of workers); the global random states are left as they were. ``val_batches`` (a subset:
+``SAMPLE_SEED``'s first ``count`` validation images, in split order) and ``sample`` (``SAMPLE_SEED``'s
+first ``count`` training images, unaugmented) never change. :func:`open_data` is cached
 too, so the trials of one process share one data set.
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ SAMPLE_SEED = 0  # nor does the proxies' batch
 MIN_IMAGES = 10
 BUILTIN_DATASETS = ("digits", "shapes")
 SHAPES_TRAIN = (5000, 1)  # (count, make_shapes seed)
-SHAPES_VAL = (2000, 2)
+SHAPES_VAL = (10000, 2)  # large, so a final accuracy's sampling noise is small (binomial std 0.002 at 0.95)
 SHAPES_MIN_SIZE = 16
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
 SPLIT_FOLDERS = ("train", "val", "validation")
@@ -110,8 +111,17 @@ class ImageData(abc.ABC):
         ``seed``. The last batch may be smaller."""
 
     @abc.abstractmethod
-    def val_batches(self, batch: int) -> Iterator[Batch]:
-        """The whole validation split in a fixed order, never augmented."""
+    def val_batches(self, batch: int, count: int | None = None) -> Iterator[Batch]:
+        """The validation split in a fixed order, never augmented: all of it, or (``count`` smaller than
+        the split) the same ``count`` images on every call (``val_subset``)."""
+
+    def val_subset(self, count: int | None) -> list[int]:
+        """The validation indices ``val_batches(batch, count)`` serves, ascending: all of them when
+        ``count`` is None or at least the split's size, else a fixed random choice of ``count``."""
+        if count is None or count >= self.val_size:
+            return list(range(self.val_size))
+        _check_count(count, "count")
+        return sorted(_permutation(self.val_size, SAMPLE_SEED)[:count].tolist())
 
     @abc.abstractmethod
     def sample(self, count: int) -> Batch:
@@ -191,10 +201,12 @@ class InMemoryImages(ImageData):
                 x = _shift(x, shifts)
             yield x, self._train_y[index]
 
-    def val_batches(self, batch: int) -> Iterator[Batch]:
+    def val_batches(self, batch: int, count: int | None = None) -> Iterator[Batch]:
         _check_count(batch, "batch")
-        for start in range(0, self.val_size, batch):
-            yield self._prepare(self._val_x[start:start + batch]), self._val_y[start:start + batch]
+        index = torch.tensor(self.val_subset(count), dtype=torch.long)
+        for start in range(0, len(index), batch):
+            chosen = index[start:start + batch]
+            yield self._prepare(self._val_x[chosen]), self._val_y[chosen]
 
     def sample(self, count: int) -> Batch:
         _check_count(count, "count")
@@ -529,9 +541,9 @@ class FolderImages(ImageData):
             seeds = torch.randint(0, 2**62, (self.train_size,), generator=draw).tolist()
         yield from _loader(self._train, _Batches(order, seeds, batch), self.workers, seed)
 
-    def val_batches(self, batch: int) -> Iterator[Batch]:
+    def val_batches(self, batch: int, count: int | None = None) -> Iterator[Batch]:
         _check_count(batch, "batch")
-        yield from _loader(self._val, _Batches(list(range(self.val_size)), None, batch), self.workers, 0)
+        yield from _loader(self._val, _Batches(self.val_subset(count), None, batch), self.workers, 0)
 
     def sample(self, count: int) -> Batch:
         _check_count(count, "count")

@@ -15,7 +15,7 @@ search:
                               # always counted at the model's input)
   max_rejections: 1000        # candidates rejected in a row before the search stops
   data: {dataset: shapes, epochs: 3, batch: 64, lr: 2e-3, weight_decay: 0.05, warmup_epochs: 1, clip_grad: 1.0,
-         proxy: naswot, proxy_batch: 64, augment: false, workers: 2}
+         epoch_val: 2000, proxy: naswot, proxy_batch: 64, augment: false, workers: 2}
 ```
 """
 from __future__ import annotations
@@ -57,7 +57,9 @@ class DataSettings(Settings):
     ``digits`` (scikit-learn's, upscaled) or a folder (ImageNet layout or a flat ImageFolder); training
     and proxy options. Training is AdamW with ``lr`` reached by a linear warmup over ``warmup_epochs``
     (at most the run's epochs) and a cosine decay to 0 after it, gradients clipped to a global norm of
-    ``clip_grad`` (``null``: not clipped). ``proxy`` names the training-free score the ``proxy``
+    ``clip_grad`` (``null``: not clipped). After each epoch but the last, the accuracy the pruner sees
+    is measured on a fixed subset of ``epoch_val`` validation images (``null``: all of them); after the
+    last, on the whole split, so a trial's final accuracy always uses every validation image. ``proxy`` names the training-free score the ``proxy``
     objective computes."""
 
     dataset: str = "shapes"
@@ -67,6 +69,7 @@ class DataSettings(Settings):
     weight_decay: float = Field(default=0.05, ge=0)
     warmup_epochs: float = Field(default=1, ge=0, le=1000)
     clip_grad: float | None = Field(default=1.0, gt=0)
+    epoch_val: int | None = Field(default=2000, ge=1)
     proxy: Proxy = "naswot"
     proxy_batch: int = Field(default=64, ge=2, le=1024)
     augment: bool = False

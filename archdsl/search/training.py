@@ -95,7 +95,8 @@ def train_accuracy(model: nn.Module, data, opts, seed: int, report: Callable[[fl
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-        accuracy = evaluate_accuracy(model, data, device, precision)
+        last = epoch + 1 == opts.epochs
+        accuracy = evaluate_accuracy(model, data, device, precision, count=None if last else opts.epoch_val)
         report(accuracy, epoch + 1)
     return accuracy
 
@@ -110,12 +111,12 @@ def warmup_lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def evaluate_accuracy(model: nn.Module, data, device: torch.device, precision: str = "fp32",
-                      batch: int = 256) -> float:
-    """Top-1 accuracy on ``data``'s validation split."""
+                      batch: int = 256, count: int | None = None) -> float:
+    """Top-1 accuracy on ``data``'s validation split (``count``: on its fixed subset of that many)."""
     model.eval()
     correct = total = 0
     with torch.no_grad(), autocast(device, precision):
-        for images, labels in data.val_batches(batch):
+        for images, labels in data.val_batches(batch, count):
             logits = model(images.to(device, non_blocking=True))
             correct += int((logits.argmax(dim=1) == labels.to(device)).sum())
             total += len(labels)
