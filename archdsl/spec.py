@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
@@ -11,7 +10,7 @@ from . import cost as C
 from .blocks import StageSpecUnion
 from .components import MIXERS, NORMS, STAGES, STEMS, DOWNSAMPLES, Channels, Component, Probability, Registry
 from .cost import TensorShape
-from .errors import Problem, SpecError, did_you_mean
+from .errors import SpecError, ValidationMapper, did_you_mean
 from .expr import is_search_form
 from .graft import GraftSpec
 from .norms import Act, NormSpec
@@ -22,7 +21,7 @@ from .stems import StemSpec
 ImageSize = Annotated[int, Field(ge=1, le=16_384)]
 
 
-def _shape_to_input(value: Any) -> Any:
+def shape_to_input(value: Any) -> Any:
     """``input: 3x224x224`` or ``224x224`` (3 channels) as well as the mapping form."""
     if isinstance(value, list) and len(value) in (2, 3) and all(isinstance(v, int) for v in value):
         return dict(zip(("channels", "height", "width"), value if len(value) == 3 else [3, *value]))
@@ -81,7 +80,7 @@ class ModelSpec(Component):
 
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
-    input: Annotated[InputSpec, BeforeValidator(_shape_to_input)] = InputSpec()
+    input: Annotated[InputSpec, BeforeValidator(shape_to_input)] = InputSpec()
     stem: StemSpec
     stages: list[Annotated[StageSpecUnion, BeforeValidator(_default_block)]] = Field(min_length=1, max_length=64)
     head: HeadSpec = HeadSpec()
@@ -109,95 +108,32 @@ def _field_name(path: tuple) -> str | None:
     return None
 
 
-def _owner(path: tuple, tree: Any) -> type[Component] | None:
-    """The component class of the mapping at ``path`` in the raw tree."""
-    if not path:
-        return ModelSpec
-    name = _field_name(path)
-    node = _at(tree, path)
-    if name in FAMILY_OF_FIELD and isinstance(node, dict):
-        registry = FAMILY_OF_FIELD[name]
-        return registry.classes.get(node.get(registry.key, "metaformer" if registry is STAGES else None))
-    return CLASS_OF_FIELD.get(name)
+class SpecMapper(ValidationMapper):
+    """Pydantic errors of a model spec: owners and union tags from the component registries."""
 
+    def owner(self, path: tuple) -> type[Component] | None:
+        """The component class of the mapping at ``path`` in the raw tree."""
+        if not path:
+            return ModelSpec
+        name = _field_name(path)
+        node = self.node(path)
+        if name in FAMILY_OF_FIELD and isinstance(node, dict):
+            registry = FAMILY_OF_FIELD[name]
+            return registry.classes.get(node.get(registry.key, "metaformer" if registry is STAGES else None))
+        return CLASS_OF_FIELD.get(name)
 
-def _at(tree: Any, path: tuple) -> Any:
-    for part in path:
-        if isinstance(tree, dict) and part in tree:
-            tree = tree[part]
-        elif isinstance(tree, list) and isinstance(part, int) and 0 <= part < len(tree):
-            tree = tree[part]
-        else:
-            return None
-    return tree
+    def options(self, owner):
+        return [k for k in super().options(owner) if k not in ("kind", "block")]
 
-
-def _spec_path(loc: tuple, tree: Any) -> tuple:
-    """pydantic's ``loc`` without the union tags it inserts (``('mixer', 'window', 'size')``)."""
-    path: list = []
-    node = tree
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, dict) and part in (node.get("kind"), node.get("block"), "metaformer"):
-            continue  # a discriminated union's tag
-        elif isinstance(node, dict) and part == 0:
-            continue  # a single value standing for a list of one (a stage's mixer)
-        elif isinstance(part, str) and (part.startswith("function-") or node is not None and
-                                         not isinstance(node, (dict, list))):
-            continue  # a validator's name, or the name of a union member tried on a plain value
-        else:
-            path.append(part)
-            node = None
-    return tuple(path)
-
-
-def _problem(source: Source, err: dict) -> Problem:
-    path = _spec_path(tuple(err["loc"]), source.tree)
-    kind, ctx = err["type"], err.get("ctx") or {}
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        owner = _owner(path[:-1], source.tree)
-        known = sorted(owner.model_fields) if owner else []
-        known = [k for k in known if k not in ("kind", "block")]
-        return source.problem(path, f"unknown option {path[-1]!r}", did_you_mean(str(path[-1]), known), key=True)
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
+    def tag_problem(self, path, kind, ctx):
         registry = FAMILY_OF_FIELD.get(_field_name(path))
         family = registry.family if registry else "kind"
         names = registry.names() if registry else []
         if kind == "union_tag_not_found":
-            return source.problem(path, f"which {family}? the {registry.key if registry else 'kind'} is missing",
-                                  f"known: {', '.join(names)}")
+            return self.source.problem(path, f"which {family}? the {registry.key if registry else 'kind'} is missing",
+                                       f"known: {', '.join(names)}")
         tag = ctx.get("tag", "?")
-        return source.problem(path, f"unknown {family} {tag!r}", did_you_mean(tag, names))
-    if kind == "missing":
-        owner = _owner(path[:-1], source.tree)
-        doc = (owner.__doc__ or "").strip().splitlines()[0] if owner else ""
-        return source.problem(path, f"required option {path[-1]!r} is missing", f"add {path[-1]}: ... ({doc})" if doc else "")
-    if kind == "literal_error":
-        return source.problem(path, f"{value!r} is not valid", f"valid: {ctx.get('expected', '')}")
-    message = err["msg"][0].lower() + err["msg"][1:]
-    message = message.replace("input should", "should").replace("value error, ", "")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return source.problem(path, f"{shown[:80]} is not valid", message)
-
-
-def _merged(problems) -> list[Problem]:
-    """One problem per field: a value that fits no member of a union gets one line, its hints
-    (what would be valid in each form) joined."""
-    by_field: dict[tuple, Problem] = {}
-    for p in problems:
-        key = (p.path, p.line, p.col)
-        first = by_field.get(key)
-        if first is None:
-            by_field[key] = p
-        elif p.hint and p.hint not in first.hint:
-            by_field[key] = replace(first, hint=f"{first.hint}; or {p.hint}" if first.hint else p.hint)
-    return sorted(by_field.values(), key=lambda p: (p.line, p.col, str(p.path)))
+        return self.source.problem(path, f"unknown {family} {tag!r}", did_you_mean(tag, names))
 
 
 def search_forms(tree: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
@@ -220,6 +156,6 @@ def validate_tree(source: Source) -> ModelSpec:
     try:
         return ModelSpec.model_validate(source.tree)
     except ValidationError as exc:
-        raise SpecError(_merged(_problem(source, e) for e in exc.errors(include_url=False))) from None
+        raise SpecError(SpecMapper(source, source.tree).problems(exc)) from None
     except (RecursionError, OverflowError) as exc:
         raise SpecError([source.problem((), f"cannot validate: {type(exc).__name__}", "")]) from None

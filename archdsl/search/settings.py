@@ -26,9 +26,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import SpecError, did_you_mean
+from ..errors import SpecError, ValidationMapper
 from ..source import Source, read_file
-from ..spec import _shape_to_input, InputSpec
+from ..spec import InputSpec, shape_to_input
 from .space import Dimension, dimensions
 
 Objective = Literal["train", "proxy", "latency", "flops", "params"]
@@ -100,7 +100,7 @@ class SearchSettings(Settings):
     precision: Precision = "fp32"
     repeats: int = Field(default=1, ge=1, le=100)
     confirm: ConfirmSettings = ConfirmSettings()
-    input: Annotated[InputSpec | None, BeforeValidator(_shape_to_input)] = None
+    input: Annotated[InputSpec | None, BeforeValidator(shape_to_input)] = None
     max_rejections: int = Field(default=1000, ge=1)
     data: DataSettings = DataSettings()
 
@@ -136,41 +136,32 @@ def split_search_section(source: Source) -> tuple[Source, SearchSettings | None]
     try:
         return source, SearchSettings.model_validate(section)
     except ValidationError as exc:
-        problems = [_problem(source, section, err) for err in exc.errors(include_url=False)]
-        raise SpecError(sorted(problems, key=lambda p: (p.line, p.col))) from None
+        raise SpecError(SettingsMapper(source, section, ("search",)).problems(exc)) from None
 
 
-def _problem(source: Source, section: dict, err: dict):
-    """A pydantic error of the search section at its position in the file."""
-    path, node = ["search"], section
-    for part in err["loc"]:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) \
-                and 0 <= part < len(node):
-            path.append(part)
-            node = node[part]
-        elif err["type"] in ("extra_forbidden", "missing") and part == err["loc"][-1]:
-            path.append(part)
-    path = tuple(path)
-    if err["type"] == "extra_forbidden":
-        owner = _settings_class(err["loc"][:-1])
-        hint = ("the pruner is now an option of the search section: write search.pruner (hyperband, "
-                "successive_halving, median or none)" if path[-2:] == ("data", "pruner")
-                else did_you_mean(str(path[-1]), owner.model_fields))
-        return source.problem(path, f"unknown option {path[-1]!r}", hint, key=True)
-    if err["type"] == "missing":
+class SettingsMapper(ValidationMapper):
+    """Pydantic errors of a search section (mapped at ``search``): its sub-sections' classes and
+    examples."""
+
+    def owner(self, path: tuple) -> type[Settings]:
+        return {"budget": Budget, "data": DataSettings, "confirm": ConfirmSettings}.get(
+            path[1] if len(path) > 1 else None, SearchSettings)
+
+    def unknown_hint(self, path, owner):
+        if path[-2:] == ("data", "pruner"):
+            return ("the pruner is now an option of the search section: write search.pruner (hyperband, "
+                    "successive_halving, median or none)")
+        return super().unknown_hint(path, owner)
+
+    def missing_hint(self, path, owner):
         example = {"budget": "budget: {flops: 30M} (params and latency optional)", "flops": "flops: 30M"}
-        return source.problem(path, f"required option {path[-1]!r} is missing",
-                              f"add {example.get(path[-1], str(path[-1]) + ': ...')}")
-    hint = err["msg"][0].lower() + err["msg"][1:]
-    if path[:2] == ("search", "objective"):
-        hint = f"{hint}; objectives: {OBJECTIVE_HELP}"
-    shown = repr(err.get("input"))[:80]
-    return source.problem(path, f"{shown} is not valid", hint.replace("value error, ", ""))
+        return f"add {example.get(path[-1], str(path[-1]) + ': ...')}"
 
-
-def _settings_class(loc: tuple) -> type[Settings]:
-    return {"budget": Budget, "data": DataSettings, "confirm": ConfirmSettings}.get(loc[0] if loc else None,
-                                                                                   SearchSettings)
+    def value_problem(self, path, err):
+        hint = err["msg"][0].lower() + err["msg"][1:]
+        if path[:2] == ("search", "objective"):
+            hint = f"{hint}; objectives: {OBJECTIVE_HELP}"
+        return self.source.problem(path, f"{repr(err.get('input'))[:80]} is not valid", hint.replace("value error, ", ""))
 
 
 def load_search(path: str | Path, model_input: list[int] | None = None) -> SearchFile:
