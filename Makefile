@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SPEC ?= specs/swin_t.yaml
+# processes (one torch thread each) the search benchmarks train in: make bench-search WORKERS=2
+WORKERS ?= 1
 
 .PHONY: demo test test-all bench bench-search clean
 
@@ -33,9 +35,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/inference.py
 
 bench-search: $(VENV)/.installed
-	cd benchmarks && ../$(BIN)/python proxy_correlation.py --json ../results/proxy_correlation.json --cache ../results/curves.json
-	cd benchmarks && ../$(BIN)/python search_quality.py --cache ../results/curves.json
-	cd benchmarks && ../$(BIN)/python pruners.py --cache ../results/curves.json
+	cd benchmarks && ../$(BIN)/python proxy_correlation.py --json ../results/proxy_correlation.json --cache ../results/curves.json --workers $(WORKERS)
+	cd benchmarks && ../$(BIN)/python search_quality.py --cache ../results/curves.json --workers $(WORKERS)
+	cd benchmarks && ../$(BIN)/python pruners.py --cache ../results/curves.json --workers $(WORKERS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

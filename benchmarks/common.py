@@ -3,8 +3,11 @@ cache of learning curves (an architecture trained once at seed 0 answers every l
 tabular NAS benchmark does)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
 import platform
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import optuna
@@ -49,11 +52,21 @@ def random_candidates(search, count: int, seed: int) -> list:
     return out
 
 
-def training_key(search, arch_hash: str) -> str:
-    """What a cached curve depends on: the space, its data and training settings (every data option but
-    the proxy's and the loader's), the precision, the architecture."""
+def data_fingerprint(data) -> str:
+    """A short hash of what a data set feeds training: its split sizes and its fixed sample batch
+    (``data.sample(64)``, the same images every call), so a changed generator or folder gives new keys."""
+    images, labels = data.sample(64)
+    digest = hashlib.sha256(f"{data.train_size}/{data.val_size}".encode())
+    digest.update(images.float().contiguous().numpy().tobytes())
+    digest.update(labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def training_key(search, arch_hash: str, data) -> str:
+    """What a cached curve depends on: the space, its data (``data_fingerprint``) and training settings
+    (every data option but the proxy's and the loader's), the precision, the architecture."""
     training = search.settings.data.model_dump_json(exclude={"proxy", "proxy_batch", "workers"})
-    return f"{search.name}:{training}:{search.settings.precision}:{arch_hash}"
+    return f"{search.name}:{training}:{data_fingerprint(data)}:{search.settings.precision}:{arch_hash}"
 
 
 class CurveCache:
@@ -73,12 +86,16 @@ class CurveCache:
         if key not in self.curves:
             curve: list[float] = []
             train(lambda accuracy, epoch: curve.append(accuracy))
-            self.curves[key] = curve
-            self.trained += 1
-            if self.path:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.write_text(json.dumps(self.curves, indent=0, sort_keys=True))
+            self.record(key, curve)
         return self.curves[key]
+
+    def record(self, key: str, curve: list[float]) -> None:
+        """Keep a curve trained elsewhere (e.g. in a worker process) and write the file."""
+        self.curves[key] = list(curve)
+        self.trained += 1
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.curves, indent=0, sort_keys=True))
 
 
 def train_curve(design, data, settings, seed: int, report, device) -> float:
@@ -94,7 +111,7 @@ def tabular_objective(search, cache: CurveCache, with_flops: bool = False) -> Cu
     accuracy for the same architecture."""
 
     def replayed(model, context):
-        curve = cache.curve(training_key(search, context.trial.user_attrs["arch_hash"]), lambda report: train_curve(
+        curve = cache.curve(training_key(search, context.trial.user_attrs["arch_hash"], context.data), lambda report: train_curve(
             context.design, context.data, search.settings, 0, report, context.device))
         for epoch, accuracy in enumerate(curve, 1):
             context.report(accuracy, epoch)
@@ -103,3 +120,45 @@ def tabular_objective(search, cache: CurveCache, with_flops: bool = False) -> Cu
     if with_flops:
         return CustomObjective(replayed, ("accuracy", "flops"), ("maximize", "minimize"))
     return CustomObjective(replayed, ("accuracy",), ("maximize",))
+
+
+def in_processes(function, jobs: list[tuple], workers: int):
+    """``(job, function(*job))`` for every job, as they finish: in this process when ``workers`` is 1,
+    else in that many spawned processes (``function`` must be importable: a module-level function)."""
+    if workers == 1:
+        for job in jobs:
+            yield job, function(*job)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(function, *job): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _cached_search(search, job: tuple, cache_path: str | None):
+    """``search(*job, cache)`` in a worker process, over the cache file as it is now; the result and
+    the curves it trained, for the main process to keep."""
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    cache = CurveCache(cache_path)
+    known = set(cache.curves)
+    cache.path = None  # the main process writes the file
+    result = search(*job, cache)
+    return result, {key: curve for key, curve in cache.curves.items() if key not in known}
+
+
+def cached_searches(search, jobs: list[tuple], cache: CurveCache, workers: int):
+    """``(job, search(*job, cache))`` for every job, ``workers`` at once (one process and torch thread
+    each; see ``in_processes``). A worker starts from the cache file as it stands and hands its new
+    curves back to be recorded here, so two searches at once may train one architecture twice (both
+    get the same seed-0 curve either way)."""
+    if workers == 1:
+        for job in jobs:
+            yield job, search(*job, cache)
+        return
+    path = str(cache.path) if cache.path else None
+    for (_, job, _), (result, curves) in in_processes(_cached_search, [(search, job, path) for job in jobs], workers):
+        for key, curve in curves.items():
+            if key not in cache.curves:
+                cache.record(key, curve)
+        yield job, result

@@ -2,9 +2,8 @@
 
 What: for each shipped search space (``search/*.yaml``), ``--archs`` (default 40) distinct random
 architectures within its budget, each trained on the space's data (``shapes`` by default) with the
-space's training settings (``search/*.yaml``: 8 epochs on mixer_placement and scales, the default 3
-on tokens; AdamW, warmup, cosine decay) at seed 0, and scored by every proxy of
-``archdsl/search/proxies.py`` (NASWOT, SynFlow, grad-norm, ZiCo) on the search's proxy batch of the
+space's training settings (``search/*.yaml``: 8 epochs; AdamW, warmup, cosine decay) at seed 0, and
+scored by every proxy of ``archdsl/search/proxies.py`` (NASWOT, SynFlow, grad-norm, ZiCo) on the search's proxy batch of the
 untrained network (seed 0), besides analytic params and FLOPs. The first ``--noise-archs`` (default 3)
 architectures drawn are trained with ``--seeds`` (default 5) seeds each for the seed noise.
 
@@ -17,7 +16,10 @@ Reading the output, per space:
   bootstrap 95% interval (``--boot`` resamples of the architectures, percentile method), and
   whether the interval excludes 0.
 
-``--json FILE`` writes every measurement. One torch thread; the CPU model is printed.
+``--json FILE`` writes every measurement. Trainings run in ``--workers`` processes (default 1) of one
+torch thread each; proxies are scored in the main process, one thread. The CPU model is printed.
+``--cache FILE`` keeps the seed-0 curves (keyed by space, data fingerprint, training settings,
+precision and architecture; ``common.training_key``) for later runs and for ``search_quality.py``.
 """
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ import optuna
 import torch
 from scipy import stats
 
-from archdsl import build_model
+from archdsl import DEFAULT_MAX_PARAMS, build_model
 from archdsl.search import load_search
+from archdsl.search.candidate import check_candidate
 from archdsl.search.data import class_count, open_data
 from archdsl.search.proxies import PROXIES
+from archdsl.search.space import suggest
 from archdsl.search.training import resolve_device
-from common import CurveCache, cpu_model, random_candidates, train_curve, training_key
+from common import CurveCache, cpu_model, in_processes, random_candidates, train_curve, training_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,48 +74,74 @@ def spearman(x, y) -> float:
         return float(stats.spearmanr(x, y).statistic)
 
 
-def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device, cache: CurveCache,
-                  proxies: list[str]) -> dict:
+def prepared_search(path: Path):
+    """The space at ``path`` with training as the only objective and a head for its data's classes."""
     search = load_search(path)
     search.settings = search.settings.model_copy(update={"objective": ["train"]})
     tree = search.base.tree
     tree["head"] = {**tree.get("head", {}), "classes": class_count(search.settings.data.dataset)}
-    rows = []
+    return search
+
+
+def objective_data(search, candidate):
+    image = candidate.objective_design.spec.input
+    return open_data(search.settings.data.dataset, image.channels, image.height, image.width)
+
+
+def train_job(path: Path, params: dict, seed: int, device: str) -> tuple[list[float], float]:
+    """One training of the architecture ``params`` (Optuna's sampled values) of the space at ``path``:
+    its learning curve and seconds. Runs in a worker process as well as in this one."""
+    torch.set_num_threads(1)
+    search = prepared_search(path)
+    candidate = check_candidate(search, suggest(optuna.trial.FixedTrial(params), search.dims), search.settings.budget,
+                                DEFAULT_MAX_PARAMS)
+    curve: list[float] = []
+    start = time.perf_counter()
+    train_curve(candidate.objective_design, objective_data(search, candidate), search.settings, seed,
+                lambda accuracy, epoch: curve.append(accuracy), resolve_device(device))
+    return curve, time.perf_counter() - start
+
+
+def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device: str, cache: CurveCache,
+                  proxies: list[str], workers: int) -> dict:
+    search = prepared_search(path)
     start = time.perf_counter()
     drawn = random_candidates(search, archs, seed=1)
-    for params, candidate in drawn:
-        image = candidate.objective_design.spec.input
-        data = open_data(search.settings.data.dataset, image.channels, image.height, image.width)
-        t0 = time.perf_counter()
-        accuracy = cache.curve(training_key(search, candidate.arch_hash), lambda report: train_curve(
-            candidate.objective_design, data, search.settings, 0, report, device))[-1]
-        seconds = time.perf_counter() - t0
+    keys = [training_key(search, candidate.arch_hash, objective_data(search, candidate)) for _, candidate in drawn]
+    jobs = [(path, params, 0, device) for (params, _), key in zip(drawn, keys) if key not in cache.curves]
+    jobs += [(path, params, s, device) for params, _ in drawn[:noise_archs] for s in range(1, seeds)]
+    seconds, extra = {}, {}
+    for done, ((_, params, seed, _), (curve, elapsed)) in enumerate(in_processes(train_job, jobs, workers), 1):
+        index = next(i for i, (p, _) in enumerate(drawn) if p == params)
+        if seed == 0:
+            cache.record(keys[index], curve)
+            seconds[index] = elapsed
+        else:
+            extra[(index, seed)] = curve[-1]
+        print(f"  {done:>3}/{len(jobs)} {drawn[index][1].arch_hash} seed {seed}: acc {curve[-1]:.4f} ({elapsed:.1f} s)",
+              flush=True)
+    rows, target = [], resolve_device(device)
+    for index, ((params, candidate), key) in enumerate(zip(drawn, keys)):
+        data = objective_data(search, candidate)
         images, labels = data.sample(search.settings.data.proxy_batch)
         scores = {}
         for name in proxies:
-            proxy = PROXIES[name]
             torch.manual_seed(0)
-            model = build_model(candidate.objective_design).to(device)
+            model = build_model(candidate.objective_design).to(target)
             try:
-                scores[name] = proxy(model, images.to(device), labels.to(device))
+                scores[name] = PROXIES[name](model, images.to(target), labels.to(target))
             except Exception as exc:  # noqa: BLE001 - a proxy that cannot score this one is recorded
                 scores[name] = float("nan")
                 print(f"  {name} failed on {candidate.arch_hash}: {exc}", file=sys.stderr)
         rows.append({"arch": candidate.arch_hash, "params": candidate.design.cost.params,
-                     "flops": candidate.design.cost.flops, "accuracy": accuracy, "seconds": seconds,
-                     "sampled": params, **scores})
-        print(f"  {len(rows):>3} {candidate.arch_hash} acc {accuracy:.4f} ({seconds:.1f} s)", flush=True)
-    noise = {}
-    for row, (_, candidate) in zip(rows[:noise_archs], drawn):
-        image = candidate.objective_design.spec.input
-        data = open_data(search.settings.data.dataset, image.channels, image.height, image.width)
-        noise[candidate.arch_hash] = [row["accuracy"]] + [
-            train_curve(candidate.objective_design, data, search.settings, s, lambda *_: None, device)
-            for s in range(1, seeds)]
-        print(f"  seeds of {candidate.arch_hash}: {', '.join(f'{a:.4f}' for a in noise[candidate.arch_hash])}",
-              flush=True)
+                     "flops": candidate.design.cost.flops, "accuracy": cache.curves[key][-1],
+                     "seconds": seconds.get(index), "sampled": params, **scores})
+    noise = {drawn[i][1].arch_hash: [rows[i]["accuracy"]] + [extra[(i, s)] for s in range(1, seeds)]
+             for i in range(min(noise_archs, len(drawn)))}
+    for arch, values in noise.items():
+        print(f"  seeds of {arch}: {', '.join(f'{a:.4f}' for a in values)}", flush=True)
     return {"space": path.stem, "dataset": search.settings.data.dataset, "rows": rows, "seed_accuracies": noise,
-            "minutes": (time.perf_counter() - start) / 60, "proxies": proxies}
+            "minutes": (time.perf_counter() - start) / 60, "proxies": proxies, "workers": workers}
 
 
 def report(result: dict, resamples: int) -> None:
@@ -154,6 +184,7 @@ def main() -> None:
     parser.add_argument("--proxies", nargs="*", default=list(PROXIES), choices=list(PROXIES),
                         help="the proxies scored (default: all; the flag alone: none, only the spread, the seed noise, params and FLOPs)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="training processes (one torch thread each)")
     parser.add_argument("--json", help="write the measurements here")
     parser.add_argument("--cache", help="a JSON file of accuracies trained at seed 0, read and extended (search_quality.py "
                         "shares it)")
@@ -171,8 +202,8 @@ def main() -> None:
         results = []
         for path in paths:
             print(f"{path.stem}:", flush=True)
-            results.append(measure_space(path, args.archs, args.seeds, args.noise_archs, resolve_device(args.device),
-                                         CurveCache(args.cache), args.proxies))
+            results.append(measure_space(path, args.archs, args.seeds, args.noise_archs, args.device,
+                                         CurveCache(args.cache), args.proxies, args.workers))
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
     for result in results:

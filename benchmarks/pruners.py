@@ -28,7 +28,7 @@ from scipy import stats
 
 from archdsl.search import load_search
 from archdsl.search.runner import Search
-from common import CurveCache, cpu_model, tabular_objective
+from common import CurveCache, cached_searches, cpu_model, tabular_objective
 from search_quality import interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,23 +70,23 @@ def main() -> None:
                         help="training epochs per search (default: 20 unpruned trials of the space's epochs)")
     parser.add_argument("--trials", type=int, default=60, help="trials a pruned search may run before its cut")
     parser.add_argument("--cache", default="results/curves.json")
+    parser.add_argument("--workers", type=int, default=1, help="searches run at once, one process and torch thread each")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cache = CurveCache(args.cache)
     if args.epochs_budget is None:
         args.epochs_budget = 20 * load_search(SPACE).settings.data.epochs
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; budget {args.epochs_budget} epochs per search, "
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread per process, {args.workers} at once; budget {args.epochs_budget} epochs per search, "
           f"seeds 0..{args.seeds - 1}")
     results = {p: [] for p in PRUNERS}
     counts = {p: [] for p in PRUNERS}
-    for seed in range(args.seeds):
-        for pruner in PRUNERS:
-            best, evaluated = one_search(pruner, seed, args.trials, args.epochs_budget, cache)
-            results[pruner].append(best)
-            counts[pruner].append(evaluated)
-            print(f"  {pruner:<18} seed {seed}: best {best:.4f} ({evaluated} trials within the budget; "
-                  f"{cache.trained} architectures trained so far)", flush=True)
+    jobs = [(pruner, seed, args.trials, args.epochs_budget) for seed in range(args.seeds) for pruner in PRUNERS]
+    for (pruner, seed, _, _), (best, evaluated) in cached_searches(one_search, jobs, cache, args.workers):
+        results[pruner].append(best)
+        counts[pruner].append(evaluated)
+        print(f"  {pruner:<18} seed {seed}: best {best:.4f} ({evaluated} trials within the budget; "
+              f"{cache.trained} architectures trained so far)", flush=True)
     rng = np.random.default_rng(0)
     print(f"mixer_placement, TPE, {args.epochs_budget} epochs per search, {args.seeds} seeds:")
     for pruner in PRUNERS:

@@ -16,6 +16,8 @@ Reading the output: per space and sampler, the mean best accuracy (single object
 hypervolume of the (accuracy, FLOPs) front (reference point: accuracy 0, the FLOPs budget) over the
 seeds, with a bootstrap 95% interval, and the one-sided Mann-Whitney U test of "the model-based
 sampler is better than random" (p < 0.05: it wins; otherwise: no evidence that it does).
+
+``--workers N`` runs N searches at once (processes of one torch thread; ``common.cached_searches``).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from scipy import stats
 
 from archdsl.search import load_search
 from archdsl.search.runner import Search
-from common import CurveCache, cpu_model, tabular_objective
+from common import CurveCache, cached_searches, cpu_model, tabular_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = {"mixer_placement": ("tpe", ["train"]), "scales": ("nsga2", ["train", "flops"])}
@@ -79,23 +81,23 @@ def main() -> None:
     parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--cache", default="results/curves.json",
                         help="learning curves trained at seed 0 (shared with proxy_correlation.py and pruners.py)")
+    parser.add_argument("--workers", type=int, default=1, help="searches run at once, one process and torch thread each")
     args = parser.parse_args()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cache = CurveCache(args.cache)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread; {args.trials} trials, seeds 0..{args.seeds - 1}")
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, 1 thread per process, {args.workers} at once; {args.trials} trials, seeds 0..{args.seeds - 1}")
     rng = np.random.default_rng(0)
     for space in args.spaces:
         model_based = SPACES[space][0]
         figure = "best accuracy" if len(SPACES[space][1]) == 1 else "hypervolume (accuracy x FLOPs saved)"
         results: dict[str, list[float]] = {model_based: [], "random": []}
         start = time.perf_counter()
-        for seed in range(args.seeds):
-            for sampler in results:
-                value, distinct = one_search(space, sampler, seed, args.trials, cache)
-                results[sampler].append(value)
-                print(f"  {space:<16} {sampler:<7} seed {seed:>2}: {figure} {value:.4f} ({distinct} architectures; "
-                      f"{cache.trained} trained so far)", flush=True)
+        jobs = [(space, sampler, seed, args.trials) for seed in range(args.seeds) for sampler in results]
+        for (_, sampler, seed, _), (value, distinct) in cached_searches(one_search, jobs, cache, args.workers):
+            results[sampler].append(value)
+            print(f"  {space:<16} {sampler:<7} seed {seed:>2}: {figure} {value:.4f} ({distinct} architectures; "
+                  f"{cache.trained} trained so far)", flush=True)
         print(f"{space}: {figure} over {args.seeds} seeds, {args.trials} trials each "
               f"({(time.perf_counter() - start) / 60:.1f} min)")
         for sampler, values in results.items():
