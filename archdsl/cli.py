@@ -73,7 +73,8 @@ def stage_rows(design: Design) -> list[dict]:
         blocks = [d for _, d in design.nodes("block") if d["part"] == part]
         labels = list(dict.fromkeys(d["label"] for d in blocks))
         cost = design.part_cost(part)
-        grid = part != "head" and (not part.startswith("stage ") or stages[int(part.split()[1]) - 1].outputs_map())
+        index = design.stage_of(part)
+        grid = part != "head" and (index is None or stages[index].outputs_map())
         rows.append(dict(  # a stage that outputs a set of tokens (Visual Transformer) has no grid, no stride
             part=part, resolution=f"{out.height}x{out.width}" if grid else f"{out.tokens} tokens" if part != "head" else "-",
             stride=image.height // out.height if grid else None, channels=out.channels,
@@ -204,10 +205,11 @@ def cmd_export(args) -> int:
     return 0 if diff <= EXPORT_TOLERANCE else 1
 
 
-def modules_of_part(part: str) -> tuple[str, ...]:
+def modules_of_part(design: Design, part: str) -> tuple[str, ...]:
     """The top-level modules of the built model that make up a row of the table."""
-    if part.startswith("stage "):
-        return (f"stages.{int(part.split()[1]) - 1}",)
+    index = design.stage_of(part)
+    if index is not None:
+        return (f"stages.{index}",)
     return ("norm", "head") if part == "head" else (part,)
 
 
@@ -222,7 +224,7 @@ def cmd_flops(args) -> int:
         model = build_model(design)
         report = traced_cost(model, (image.channels, image.height, image.width))
         for row in rows:
-            row["traced_flops"] = sum(report.by_module.get(k, 0) for k in modules_of_part(row["part"]))
+            row["traced_flops"] = sum(report.by_module.get(k, 0) for k in modules_of_part(design, row["part"]))
     if args.json:
         out = dict(name=design.spec.name, input=[image.channels, image.height, image.width], stages=rows,
                    params=cost.params, flops=cost.flops)

@@ -86,7 +86,7 @@ class ArchModel(nn.Module):
                      if f"stages.{i}.{kind}" in g}
             ds = parts.get("downsample")
             lay = parts.get("layout")
-            sequence = [d for _, d in design.nodes() if d["part"] == f"stage {i + 1}" and d["kind"] in ("block", "peg")]
+            sequence = [d for _, d in design.nodes() if d["stage"] == i and d["kind"] in ("block", "peg")]
             stages.append(Stage(
                 ds["component"].build(ds["in_shape"], ds["out_shape"].channels) if ds else nn.Identity(),
                 ToLayout(lay["in_shape"], lay["out_shape"]) if lay else nn.Identity(),

@@ -162,7 +162,7 @@ def draw(design: Design, path: str | Path) -> Path:
         if not part:
             continue
         top, bottom = y_of[members[0]] + 0.35, y_of[members[-1]] - box_h - 0.15
-        color = colors[part] if part in colors else ("#f3efe0" if int(part.split()[-1]) % 2 else "#e8f1e4")
+        color = colors[part] if part in colors else ("#e8f1e4" if design.stage_of(part) % 2 else "#f3efe0")
         ax.add_patch(FancyBboxPatch((-0.35, bottom), width - 0.3, top - bottom, boxstyle="round,pad=0.02",
                                     facecolor=color, edgecolor="#999999", linewidth=0.8, zorder=0))
         ax.text(-0.25, top - 0.05, titles[part], fontsize=8, color="#444444", va="top", zorder=3)

@@ -7,7 +7,9 @@ positional encoding generator there), then ``norm`` (optional) and ``head``. A b
 ResNet projection shortcut) are nodes ``stages.i.blocks.j.NAME`` fed by the block's input and
 merging into the block (whose module holds them, in timm's parameter order). Every edge carries the
 ``TensorShape`` flowing along it; every node carries its spec path, component, input and output
-shapes and its ``Cost``. Nothing here allocates a tensor.
+shapes and its ``Cost``, its ``part`` (the row of the per-stage table: ``stem``, ``stage N`` counted
+from 1 as papers do, ``head``) and its ``stage`` (the 0-based index into ``spec.stages``, None outside
+the stages). Nothing here allocates a tensor.
 """
 from __future__ import annotations
 
@@ -46,6 +48,10 @@ class Design:
     def parts(self) -> list[str]:
         return list(dict.fromkeys(d["part"] for _, d in self.nodes() if d["part"]))
 
+    def stage_of(self, part: str) -> int | None:
+        """The 0-based stage index of a part (None for the stem and the head)."""
+        return next(d["stage"] for _, d in self.nodes() if d["part"] == part)
+
     def output_shape(self, part: str) -> TensorShape:
         return [d["out_shape"] for _, d in self.nodes() if d["part"] == part][-1]
 
@@ -56,11 +62,12 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
     problems: list[tuple[tuple, ShapeProblem]] = []
     image = TensorShape("NCHW", spec.input.channels, spec.input.height, spec.input.width)
     last = "input"
-    g.add_node(last, kind="input", path=("input",), part=None, in_shape=image, out_shape=image, cost=C.ZERO)
+    g.add_node(last, kind="input", path=("input",), part=None, stage=None, in_shape=image, out_shape=image, cost=C.ZERO)
 
     def add(name: str, kind: str, path: tuple, part: str, src: TensorShape, out: TensorShape, **attrs):
         nonlocal last
-        g.add_node(name, kind=kind, path=path, part=part, in_shape=src, out_shape=out, **attrs)
+        stage = path[1] if path[0] == "stages" else None
+        g.add_node(name, kind=kind, path=path, part=part, stage=stage, in_shape=src, out_shape=out, **attrs)
         g.add_edge(last, name, shape=src)
         last = name
 
@@ -126,8 +133,8 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
             add(name, "block", path, part, shape, out, component=stage, index=j,
                 drop_path=rates[i][j], label=stage.describe(j, shape), cost=stage.block_cost(j, shape))
             for branch, cost in stage.branches(j, shape).items():
-                g.add_node(f"{name}.{branch}", kind="branch", path=path, part=part, in_shape=shape, out_shape=out,
-                           cost=cost, block=name)
+                g.add_node(f"{name}.{branch}", kind="branch", path=path, part=part, stage=i, in_shape=shape,
+                           out_shape=out, cost=cost, block=name)
                 g.add_edge(before, f"{name}.{branch}", shape=shape)
                 g.add_edge(f"{name}.{branch}", name, shape=out)
             shape = out
