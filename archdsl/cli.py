@@ -10,7 +10,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from . import DEFAULT_MAX_PARAMS, build_model, design_from_source
+from .pipeline import DEFAULT_MAX_PARAMS, build_model, design_from_source
 from .errors import Problem, SpecError
 from .expr import ExprError, evaluate, parse
 from .graph import Design

@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
+from .pipeline import build_model
+
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 MAX_BATCH = 1024
 
@@ -46,8 +48,6 @@ def onnx_translations() -> dict:
 
 
 def _model_and_input(model_or_spec, example_batch: int) -> tuple[nn.Module, torch.Tensor]:
-    from . import build_model  # the package imports this module lazily; avoid the cycle
-
     model = model_or_spec if isinstance(model_or_spec, nn.Module) else build_model(model_or_spec)
     design = getattr(model, "design", None)
     if design is None:

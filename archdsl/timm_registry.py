@@ -24,6 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 
 from .errors import SpecError
+from .pipeline import build_model, design_from_source
 from .source import read_file
 from .spec import validate_tree
 
@@ -56,7 +57,6 @@ def _overrides(tree: dict, kwargs: dict) -> dict:
 
 def register_spec(path: str | Path, name: str | None = None) -> str:
     """Register the spec at ``path`` as a timm model; returns its timm name."""
-    from . import build_model, design_from_source  # the package imports this module
 
     path = Path(path).resolve()
     source = read_file(path)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import design_from_source
+from ..pipeline import design_from_source
 from ..errors import SpecError
 from ..graph import Design
 from .settings import Budget, SearchFile

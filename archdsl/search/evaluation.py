@@ -17,7 +17,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from .. import build_model
+from ..pipeline import build_model
 from .candidate import Candidate
 from .data import open_data
 from .failures import TrialFailure

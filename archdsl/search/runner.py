@@ -28,7 +28,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from .. import DEFAULT_MAX_PARAMS
+from ..pipeline import DEFAULT_MAX_PARAMS
 from .data import class_count
 from .evaluation import POLL_S, Evaluator
 from .failures import SearchStopped
