@@ -290,3 +290,25 @@ def test_nested_form_is_sampled_only_with_its_option():
     off = suggest(optuna.trial.FixedTrial({"stages[0].mixer": window, "stages[0].mixer:0.size": 8,
                                            "stages[0].graft": None, **common}), space.dims)
     assert off[("stages", 0, "graft")] is None  # no graft scales asked for: FixedTrial would raise
+
+
+def test_nsga2_leaves_its_random_first_generation(write_spec, tmp_path):
+    """NSGA-II counts a finished trial in a generation only by the generation number it recorded when
+    sampling it; the mirrored trials carry it back, so later generations are bred, not random."""
+    from archdsl.search.runner import Search
+    from archdsl.search.settings import load_search
+
+    path = space(write_spec, objective="[flops, params]", trials=25, flops="2M")
+    outcomes = {}
+    for sampler in ("nsga2", "random"):
+        search = load_search(path)
+        search.settings = search.settings.model_copy(update={"sampler": sampler})
+        runner = Search(search, tmp_path / sampler, progress=False, device="cpu", echo=lambda _: None)
+        outcome = runner.run()
+        outcomes[sampler] = [r.arch_hash for r in outcome.rows]
+        if sampler == "nsga2":
+            generations = [v for t in runner.proposer.study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE
+                           for k, v in t.system_attrs.items() if k.endswith(":generation")]
+            assert len(generations) >= 20 and max(generations) >= 2, generations
+    assert outcomes["nsga2"][:10] == outcomes["random"][:10]  # the first generation is random sampling
+    assert outcomes["nsga2"] != outcomes["random"]

@@ -8,6 +8,13 @@ or breaking a shape rule is told to the proposal study as pruned with Optuna con
 (``Trial.set_constraint``: its relative excess), so the sampler learns to avoid it, and another is
 drawn, up to ``max_rejections`` in a row. Nothing is built and nothing is written to the storage for
 a rejection (a stored trial costs ~100 ms in SQLite; a proposal about 2 ms).
+
+What a sampler records on the trial it samples (``system_attrs``: NSGA-II's generation number) goes
+with the accepted proposal to the real study's trial (user attribute ``sampler_attrs``) and comes back
+when that trial is mirrored, since a sampler that keeps state on its trials needs it on the finished
+ones: NSGA-II counts a finished trial in a generation only by that attribute, and without it stays in
+its first, random generation for the whole search. (Trials proposed by other workers carry the
+generation their own proposal studies gave them.)
 """
 from __future__ import annotations
 
@@ -67,11 +74,13 @@ class Proposer:
             constraints = {k: v for k, v in t.system_attrs.items() if k.startswith("constraints")}
             self.study.add_trial(optuna.trial.create_trial(
                 state=t.state, values=t.values, params=t.params, distributions=t.distributions,
-                intermediate_values=t.intermediate_values, system_attrs=constraints))
+                intermediate_values=t.intermediate_values,
+                system_attrs={**t.user_attrs.get("sampler_attrs", {}), **constraints}))
 
-    def propose(self, study: optuna.Study) -> tuple[dict, dict, Candidate]:
+    def propose(self, study: optuna.Study) -> tuple[dict, dict, Candidate, dict]:
         """A candidate within the analytic budget, preferably of an architecture the study has not
-        seen (``MAX_DUPLICATES`` known ones are skipped, then one is taken and reuses its result)."""
+        seen (``MAX_DUPLICATES`` known ones are skipped, then one is taken and reuses its result):
+        its params, distributions, candidate and what the sampler recorded on it (``sampler_attrs``)."""
         self._mirror(study)
         known = {t.user_attrs.get("arch_hash") for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL}
         duplicates = 0
@@ -83,7 +92,8 @@ class Proposer:
                 if candidate.arch_hash in known and duplicates < MAX_DUPLICATES:
                     duplicates += 1
                     continue
-                return trial.params, trial.distributions, candidate
+                recorded = self.study.get_trials(deepcopy=False)[trial.number].system_attrs
+                return trial.params, trial.distributions, candidate, dict(recorded)
             for key, excess in candidate.constraints().items():
                 trial.set_constraint(key, excess)
             self.study.tell(trial, state=TrialState.PRUNED)

@@ -134,11 +134,11 @@ class Search:
                     recover(study, self.storage)
                     continue
                 if not any(t.state == TrialState.WAITING for t in trials):
-                    params, distributions, candidate = self.proposer.propose(study)
+                    params, distributions, candidate, sampler_attrs = self.proposer.propose(study)
                     study.add_trial(optuna.trial.create_trial(
                         state=TrialState.WAITING, params=params, distributions=distributions,
                         user_attrs={"rejections": dict(self.proposer.since_accepted),
-                                    "arch_hash": candidate.arch_hash}))
+                                    "arch_hash": candidate.arch_hash, "sampler_attrs": sampler_attrs}))
                     self.proposer.since_accepted.clear()
                 study.optimize(self.evaluator.objective, n_trials=1, catch=(Exception,),
                                callbacks=[self._after_trial(bar)])

@@ -56,11 +56,13 @@ def with_driver(url: str) -> str:
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a lost trial's parameters again (a WAITING trial, which workers pop first)."""
+    """Queue a lost trial's parameters again (a WAITING trial, which workers pop first), with what its
+    sampler recorded on it."""
     if trial.params:
+        kept = {"sampler_attrs": trial.user_attrs["sampler_attrs"]} if "sampler_attrs" in trial.user_attrs else {}
         study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
                                                   distributions=trial.distributions,
-                                                  user_attrs={"retry_of": trial.number}))
+                                                  user_attrs={"retry_of": trial.number, **kept}))
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
