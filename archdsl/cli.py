@@ -10,12 +10,13 @@ import typing
 import warnings
 from pathlib import Path
 
-from .pipeline import DEFAULT_MAX_PARAMS, build_model, design_from_source
-from .errors import Problem, SpecError
+from .errors import SpecError
 from .expr import ExprError, evaluate, parse
 from .graph import Design
+from .pipeline import DEFAULT_MAX_PARAMS, build_model, design_from_source
+from .search.candidate import option_problems
 from .search.settings import Objective, SearchSettings, load_search, split_search_section
-from .search.space import dimensions, extremes, substitute
+from .search.space import dimensions
 from .source import Source, read_file
 
 EXIT_INVALID = 2
@@ -108,18 +109,9 @@ def cmd_validate(args) -> int:
         cost = design.cost
         print(f"{args.spec}: ok: {design.spec.name}, {fmt_params(cost.params)} params, {fmt_flops(cost.flops)} FLOPs")
         return 0
-    problems: dict[str, Problem] = {}
-    for dim in dims:
-        for option in extremes(dim.form):
-            values = {path: option if other is dim else extremes(other.form)[0]
-                      for other in dims for path in other.paths}
-            try:
-                design_from_source(substitute(source, values), args.max_params)
-            except SpecError as exc:
-                for p in exc.problems:
-                    problems.setdefault(str(p), p)
+    problems = option_problems(source, dims, args.max_params)
     if problems:
-        raise SpecError(list(problems.values()))
+        raise SpecError(problems)
     search = f"; search: {', '.join(settings.objective)} under {fmt_flops(settings.budget.flops)} FLOPs" if settings else ""
     print(f"{args.spec}: ok: a search space of {len(dims)} choices; every option validates{search}")
     return 0

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..pipeline import design_from_source
-from ..errors import SpecError
+from ..errors import Problem, SpecError
 from ..graph import Design
+from ..source import Source
 from .settings import Budget, SearchFile
-from .space import substitute
+from .space import Dimension, extremes, substitute
 
 
 @dataclass
@@ -90,3 +91,19 @@ def check_candidate(search: SearchFile, values: dict[tuple, Any], budget: Budget
         if limit is not None and value > limit:
             candidate.over[key] = (value, limit)
     return candidate
+
+
+def option_problems(source: Source, dims: list[Dimension], max_params: float) -> list[Problem]:
+    """What ``archdsl validate`` checks of a space: each option of each dimension (a range at its two
+    ends) with every other dimension at its first value, validated and shape-checked; the distinct
+    problems found, in the order found."""
+    problems: dict[str, Problem] = {}
+    for dim in dims:
+        for option in extremes(dim.form):
+            values = {path: option if other is dim else extremes(other.form)[0] for other in dims for path in other.paths}
+            try:
+                design_from_source(substitute(source, values), max_params)
+            except SpecError as exc:
+                for p in exc.problems:
+                    problems.setdefault(str(p), p)
+    return list(problems.values())
