@@ -30,6 +30,14 @@ class ShapeProblem:
     hint: str = ""
 
 
+def plain_grid(shape, what: str, where: str = "the input", hint: str = "drop cls_token from the stem",
+               needs: str = "needs a plain token grid") -> list[ShapeProblem]:
+    """The class-token rule: ``what`` works on the token grid itself, so no class token may precede it."""
+    if shape.prefix:
+        return [ShapeProblem((), f"{what} {needs}, but {where} has {shape.prefix} class token(s)", hint)]
+    return []
+
+
 def nested(prefix: tuple, problems: list[ShapeProblem]) -> list[ShapeProblem]:
     """Problems of a sub-component, re-rooted at the field that holds it."""
     return [ShapeProblem(prefix + p.rel_path, p.message, p.hint) for p in problems]

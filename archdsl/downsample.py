@@ -9,18 +9,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from . import cost as C
-from .components import DOWNSAMPLES, Component, ShapeProblem, Size, nested
+from .components import DOWNSAMPLES, Component, ShapeProblem, Size, nested, plain_grid
 from .cost import TensorShape
 from .layout import map_to_tokens, tokens_to_map
 from .norms import NormSpec
 from .stems import conv_out
-
-
-def _plain_grid(shape: TensorShape, what: str) -> list[ShapeProblem]:
-    if shape.prefix:
-        return [ShapeProblem((), f"{what} needs a plain token grid, but the input has {shape.prefix} class token(s)",
-                             "drop cls_token from the stem")]
-    return []
 
 
 @DOWNSAMPLES.register
@@ -37,7 +30,7 @@ class PatchMergingSpec(Component):
         return TensorShape("NLC", width, shape.height // 2, shape.width // 2)
 
     def check(self, shape: TensorShape, width: int, where: str) -> list[ShapeProblem]:
-        problems = _plain_grid(shape, "patch merging")
+        problems = plain_grid(shape, "patch merging")
         if shape.height % 2 or shape.width % 2:
             problems.append(ShapeProblem((), f"patch merging halves the grid, but the {shape.height}x{shape.width} "
                                          f"grid of {where} is odd", "use an input size divisible by the total stride"))
@@ -90,7 +83,7 @@ class ConvDownsampleSpec(Component):
         return TensorShape(shape.layout, width, *size)
 
     def check(self, shape: TensorShape, width: int, where: str) -> list[ShapeProblem]:
-        problems = _plain_grid(shape, "a conv downsample")
+        problems = plain_grid(shape, "a conv downsample")
         if self.norm:
             problems += nested(("norm",), self.norm.check(self.out_shape(shape, width)))
         return problems
@@ -151,7 +144,7 @@ class BilinearPESpec(Component):
         return TensorShape(shape.layout, width, *size)
 
     def check(self, shape: TensorShape, width: int, where: str) -> list[ShapeProblem]:
-        return _plain_grid(shape, "bilinear patch embedding")
+        return plain_grid(shape, "bilinear patch embedding")
 
     def cost(self, shape: TensorShape, width: int) -> C.Cost:
         out = self.out_shape(shape, width)

@@ -76,7 +76,7 @@ from . import cost as C
 from .components import Component, ShapeProblem, Size, bare_name
 from .cost import TensorShape
 from .mixers.attention import check_heads
-from .mixers.window import WindowAttention, fitting_window_sizes, merge, partition, window_geometry
+from .mixers.window import WindowAttention, bias_table_params, fitting_window_sizes, merge, partition, window_geometry
 
 BACKBONE_MIXERS = ("window", "attention")
 
@@ -205,7 +205,7 @@ class GraftSpec(Component):
             (H, W), (h, w), (wh, ww) = grids[b - 1], grids[b], windows[b - 1]
             fine, n = H * W * d, h * w
             cost = cost + C.layer_norm(fine, d) + C.mean(fine)                          # eq. 1
-            table = (2 * wh - 1) * (2 * ww - 1) * heads if self.rpb else 0
+            table = bias_table_params((wh, ww), heads, self.rpb)
             cost = cost + C.layer_norm(n * d, d) + C.Cost(table, 0) + C.linear(n, d, 3 * d, self.qkv_bias)
             cost = cost + C.attention(n // (wh * ww) * heads, wh * ww, wh * ww, d // heads, d // heads)
             cost = cost + C.linear(n, d, d)                                             # eq. 3

@@ -156,7 +156,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size, divisors
+from ..components import MIXERS, Component, ShapeProblem, Size, divisors, plain_grid
 from ..cost import TensorShape
 from ..layout import map_to_tokens, tokens_to_map
 from .attention import MultiHeadAttention, mhsa_cost
@@ -252,12 +252,7 @@ class TokenMixerOnMap(nn.Module):
         return tokens_to_map(self.inner(map_to_tokens(x)), x.shape[-2:])
 
 
-def _plain_grid(shape: TensorShape, where: str, what: str) -> list[ShapeProblem]:
-    if shape.prefix:
-        return [ShapeProblem((), f"{what} works on a token map, but {where} has {shape.prefix} class token(s)",
-                             "drop cls_token from the stem")]
-    return []
-
+ON_A_MAP = "works on a token map"
 
 @MIXERS.register
 class ConvMultiHeadAttentionSpec(Component):
@@ -270,7 +265,7 @@ class ConvMultiHeadAttentionSpec(Component):
     stride: Size = 2
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
-        problems = _plain_grid(shape, where, "C-MHSA") + _odd(self.k, "k", "window")
+        problems = plain_grid(shape, "C-MHSA", where, needs=ON_A_MAP) + _odd(self.k, "k", "window")
         if self.stride > self.k:
             problems.append(ShapeProblem(("stride",), f"stride {self.stride} is larger than the {self.k}x{self.k} "
                                          "window, so some pixels are in no window", f"use stride <= {self.k}"))
@@ -453,7 +448,7 @@ class EMSSpec(Component):
         return sorted(ok, key=lambda w: (abs(w - channels), w))[:6]
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
-        problems = _plain_grid(shape, where, "the EMS mixer")
+        problems = plain_grid(shape, "the EMS mixer", where, needs=ON_A_MAP)
         problems += _odd(self.dw_kernel, "dw_kernel", "DWConv kernel") + _odd(self.coord_kernel, "coord_kernel",
                                                                               "coordinate DWConv kernel")
         problems += _odd(self.k, "k", "C-MHSA window")

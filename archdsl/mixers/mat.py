@@ -74,10 +74,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size
+from ..components import MIXERS, Component, ShapeProblem, Size, plain_grid
 from ..cost import TensorShape
 from .attention import MultiHeadAttention, check_heads, mhsa_cost
-from .window import add_position_bias, fitting_window_sizes, merge, partition, relative_bias, window_geometry
+from .window import (add_position_bias, bias_table_params, merge, partition, relative_bias, window_divides,
+                     window_geometry)
 
 
 class MixingAbstractTokens(nn.Module):
@@ -143,15 +144,7 @@ class MixingAbstractTokensSpec(Component):
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
         problems = check_heads(self.heads, shape.channels)
-        if shape.prefix:
-            problems.append(ShapeProblem((), f"MAT attention needs a plain token grid, but {where} has "
-                                         f"{shape.prefix} class token(s)", "drop cls_token from the stem"))
-        wh, ww = self.geometry(shape)
-        if shape.height % wh or shape.width % ww:
-            fits = fitting_window_sizes([(shape.height, shape.width)])
-            problems.append(ShapeProblem(
-                ("size",), f"window {self.size} does not divide the {shape.height}x{shape.width} token grid of {where}",
-                f"valid sizes: {', '.join(map(str, fits))}"))
+        problems += plain_grid(shape, "MAT attention", where) + window_divides(self.size, self.geometry(shape), shape, where)
         return problems
 
     def parts(self, shape: TensorShape) -> dict[str, C.Cost]:
@@ -159,7 +152,7 @@ class MixingAbstractTokensSpec(Component):
         wh, ww = self.geometry(shape)
         d, h, n = shape.channels, self.heads, wh * ww
         nw, tokens, dh = shape.grid // n, shape.grid, d // h
-        table = (2 * wh - 1) * (2 * ww - 1) * h if self.rpb else 0
+        table = bias_table_params((wh, ww), h, self.rpb)
         return {
             "abstract_token": C.Cost(d + table, 0),
             "qkv": C.linear(tokens + nw, d, 3 * d, self.qkv_bias),

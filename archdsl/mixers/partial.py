@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from pydantic import BeforeValidator
 
 from .. import cost as C
-from ..components import MIXERS, Component, Ratio, ShapeProblem, Size, divisors
+from ..components import MIXERS, Component, Ratio, ShapeProblem, Size, divisors, plain_grid
 from ..cost import TensorShape
 from .attention import check_heads
 
@@ -193,8 +193,7 @@ class PartialAttentionSpec(Component):
         d = shape.channels
         problems = check_heads(self.heads, d)
         if shape.prefix:
-            problems.append(ShapeProblem((), f"partial attention needs a plain token grid, but {where} has "
-                                         f"{shape.prefix} class token(s)", "drop cls_token from the stem"))
+            problems += plain_grid(shape, "partial attention", where)
         elif shape.grid < 2:
             problems.append(ShapeProblem((), f"partial attention needs at least 2 tokens (foreground and "
                                          f"background), but {where} has a {shape.height}x{shape.width} grid",

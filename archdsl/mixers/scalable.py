@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import cost as C
-from ..components import MIXERS, Component, Ratio, ShapeProblem, Size, divisors
+from ..components import MIXERS, Component, Ratio, ShapeProblem, Size, divisors, plain_grid
 from ..cost import TensorShape
 from ..layout import map_to_tokens, tokens_to_map
 
@@ -116,9 +116,7 @@ class ScalableAttentionSpec(Component):
                 problems.append(ShapeProblem(
                     ("sr",), f"reduction {self.sr} does not divide the {shape.height}x{shape.width} token grid of "
                     f"{where}", f"valid sr: {', '.join(map(str, valid))}"))
-            if shape.prefix:
-                problems.append(ShapeProblem((), f"the spatial reduction needs a plain token grid, but {where} has "
-                                             f"{shape.prefix} class token(s)", "use sr=1 or drop cls_token"))
+            problems += plain_grid(shape, "the spatial reduction", where, "use sr=1 or drop cls_token")
         return problems
 
     def cost(self, shape: TensorShape, index: int) -> C.Cost:

@@ -18,7 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size
+from ..components import MIXERS, Component, ShapeProblem, Size, plain_grid
 from ..cost import TensorShape
 from .attention import MultiHeadAttention, check_heads
 
@@ -39,6 +39,21 @@ def fitting_window_sizes(grids: list[tuple[int, int]]) -> list[int]:
     return [s for s in range(1, largest + 1) if all(h % min(s, h) == 0 and w % min(s, w) == 0 for h, w in grids)]
 
 
+def window_divides(size: int, window: tuple[int, int], shape: TensorShape, where: str, field: tuple = ("size",),
+                   grid: str = "token grid") -> list[ShapeProblem]:
+    """The window rule: the effective ``window`` (from ``window_geometry``) divides the grid of ``shape``."""
+    if shape.height % window[0] or shape.width % window[1]:
+        fits = fitting_window_sizes([(shape.height, shape.width)])
+        return [ShapeProblem(field, f"window {size} does not divide the {shape.height}x{shape.width} {grid} of {where}",
+                             f"valid sizes: {', '.join(map(str, fits))}")]
+    return []
+
+
+def bias_table_params(window: tuple[int, int], heads: int, enabled: bool = True) -> int:
+    """Parameters of Swin's relative position bias table (eq. 4): ``(2wh-1)(2ww-1)`` per head."""
+    return (2 * window[0] - 1) * (2 * window[1] - 1) * heads if enabled else 0
+
+
 def relative_position_index(wh: int, ww: int) -> torch.Tensor:
     """Index into the ``(2wh-1)(2ww-1)`` bias table for each pair of tokens of a window (eq. 4)."""
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
@@ -52,7 +67,7 @@ def add_position_bias(module: nn.Module, window: tuple, heads: int, enabled: boo
     if not enabled:
         module.relative_position_bias_table = None
         return
-    module.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), heads))
+    module.relative_position_bias_table = nn.Parameter(torch.zeros(bias_table_params(window, 1), heads))
     nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
     module.register_buffer("relative_position_index", relative_position_index(*window), persistent=False)
 
@@ -163,23 +178,15 @@ class WindowAttentionSpec(Component):
         return window_geometry(self.size, shape.height, shape.width, self.shift and index % 2 == 1)
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
-        problems = check_heads(self.heads, shape.channels)
-        if shape.prefix:
-            problems.append(ShapeProblem((), f"window attention needs a plain token grid, but {where} has "
-                                         f"{shape.prefix} class token(s)", "use attention(...) or drop cls_token"))
-        (wh, ww), _ = self.geometry(shape, 0)
-        if shape.height % wh or shape.width % ww:
-            fits = fitting_window_sizes([(shape.height, shape.width)])
-            problems.append(ShapeProblem(
-                ("size",), f"window {self.size} does not divide the {shape.height}x{shape.width} token grid of {where}",
-                f"valid sizes: {', '.join(map(str, fits))}"))
-        return problems
+        return (check_heads(self.heads, shape.channels)
+                + plain_grid(shape, "window attention", where, "use attention(...) or drop cls_token")
+                + window_divides(self.size, self.geometry(shape, 0)[0], shape, where))
 
     def cost(self, shape: TensorShape, index: int) -> C.Cost:
         (wh, ww), _ = self.geometry(shape, index)
         n, windows = wh * ww, shape.grid // (wh * ww)
         d = shape.channels
-        table = (2 * wh - 1) * (2 * ww - 1) * self.heads if self.rpb else 0
+        table = bias_table_params((wh, ww), self.heads, self.rpb)
         lim = C.conv2d(shape.height, shape.width, d, d, self.lim_kernel, groups=d) if self.lim else C.ZERO
         return (C.Cost(table, 0) + C.linear(shape.grid, d, 3 * d, self.qkv_bias) + lim
                 + C.attention(windows * self.heads, n, n, d // self.heads, d // self.heads) + C.linear(shape.grid, d, d))
