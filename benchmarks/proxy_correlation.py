@@ -108,20 +108,23 @@ def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device: 
     start = time.perf_counter()
     drawn = random_candidates(search, archs, seed=1)
     keys = [training_key(search, candidate.arch_hash, objective_data(search, candidate)) for _, candidate in drawn]
-    jobs = [(path, params, 0, device) for (params, _), key in zip(drawn, keys) if key not in cache.curves]
-    jobs += [(path, params, s, device) for params, _ in drawn[:noise_archs] for s in range(1, seeds)]
-    seconds, extra = {}, {}
+
+    def key(index: int, seed: int) -> str:  # seed 0 under the key search_quality.py and pruners.py share
+        return keys[index] if seed == 0 else f"{keys[index]}@seed{seed}"
+
+    # the noise architectures (drawn first) with all their seeds first; every curve is cached, so an
+    # interrupted run resumes where it stopped
+    jobs = [(path, params, seed, device) for index, (params, _) in enumerate(drawn)
+            for seed in (range(seeds) if index < noise_archs else [0]) if key(index, seed) not in cache.curves]
+    seconds = {}
     for done, ((_, params, seed, _), (curve, elapsed)) in enumerate(in_processes(train_job, jobs, workers), 1):
         index = next(i for i, (p, _) in enumerate(drawn) if p == params)
-        if seed == 0:
-            cache.record(keys[index], curve)
-            seconds[index] = elapsed
-        else:
-            extra[(index, seed)] = curve[-1]
+        cache.record(key(index, seed), curve)
+        seconds[index, seed] = elapsed
         print(f"  {done:>3}/{len(jobs)} {drawn[index][1].arch_hash} seed {seed}: acc {curve[-1]:.4f} ({elapsed:.1f} s)",
               flush=True)
     rows, target = [], resolve_device(device)
-    for index, ((params, candidate), key) in enumerate(zip(drawn, keys)):
+    for index, (params, candidate) in enumerate(drawn):
         data = objective_data(search, candidate)
         images, labels = data.sample(search.settings.data.proxy_batch)
         scores = {}
@@ -134,9 +137,9 @@ def measure_space(path: Path, archs: int, seeds: int, noise_archs: int, device: 
                 scores[name] = float("nan")
                 print(f"  {name} failed on {candidate.arch_hash}: {exc}", file=sys.stderr)
         rows.append({"arch": candidate.arch_hash, "params": candidate.design.cost.params,
-                     "flops": candidate.design.cost.flops, "accuracy": cache.curves[key][-1],
-                     "seconds": seconds.get(index), "sampled": params, **scores})
-    noise = {drawn[i][1].arch_hash: [rows[i]["accuracy"]] + [extra[(i, s)] for s in range(1, seeds)]
+                     "flops": candidate.design.cost.flops, "accuracy": cache.curves[keys[index]][-1],
+                     "seconds": seconds.get((index, 0)), "sampled": params, **scores})
+    noise = {drawn[i][1].arch_hash: [cache.curves[key(i, s)][-1] for s in range(seeds)]
              for i in range(min(noise_archs, len(drawn)))}
     for arch, values in noise.items():
         print(f"  seeds of {arch}: {', '.join(f'{a:.4f}' for a in values)}", flush=True)
