@@ -9,8 +9,6 @@ import torch.nn as nn
 from .cost import TensorShape
 from .graph import Design
 from .layout import map_to_tokens, tokens_to_map
-from .norms import act_layer
-from .spec import HeadSpec
 
 
 class ToLayout(nn.Module):
@@ -32,38 +30,6 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.layout(self.downsample(x)))
-
-
-class ClassifierHead(nn.Module):
-    """Pool (mean over the grid, or the class token), optional pre-logits layer (after pooling, or
-    on every token before it), dropout, linear."""
-
-    def __init__(self, spec: HeadSpec, shape: TensorShape):
-        super().__init__()
-        self.pool, self.prefix, self.tokens = spec.pool, shape.prefix, shape.layout == "NLC"
-        self.before_pool = bool(spec.pre_logits) and spec.pre_logits_before_pool
-        self.pre_logits = nn.Identity()
-        if spec.pre_logits:
-            hidden = TensorShape("NLC", spec.pre_logits, 1, 1)
-            norm = spec.pre_logits_norm.build(hidden) if spec.pre_logits_norm else nn.Identity()
-            self.pre_logits = nn.Sequential(nn.Linear(shape.channels, spec.pre_logits), norm,
-                                            act_layer(spec.pre_logits_act))
-        self.num_features = spec.pre_logits or shape.channels
-        self.drop = nn.Dropout(spec.dropout)
-        self.fc = nn.Linear(self.num_features, spec.classes) if spec.classes else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.before_pool:
-            x = self.pre_logits(x if self.tokens else x.permute(0, 2, 3, 1))
-            x = x if self.tokens else x.permute(0, 3, 1, 2)
-        if self.pool == "token":
-            x = x[:, 0]
-        elif self.tokens:
-            x = x[:, self.prefix:].mean(dim=1)
-        else:
-            x = x.mean(dim=(2, 3))
-        x = self.drop(x if self.before_pool else self.pre_logits(x))
-        return x if pre_logits else self.fc(x)
 
 
 class ArchModel(nn.Module):
@@ -111,7 +77,7 @@ class ArchModel(nn.Module):
             return
         final = g.nodes["head"]["in_shape"]
         self.norm = g.nodes["norm"]["component"].build(final) if "norm" in g else nn.Identity()
-        self.head = ClassifierHead(self.spec.head, final)
+        self.head = self.spec.head.build(final)
         self.num_classes = self.spec.head.classes
         self.num_features = self.head_hidden_size = self.head.num_features
         self.default_cfg = self.pretrained_cfg = dict(input_size=(image.channels, image.height, image.width),

@@ -147,12 +147,7 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
         if report(("head", "norm"), head.norm.check(shape)):
             _raise(problems, source)
         add("norm", "norm", ("head", "norm"), "head", shape, shape, component=head.norm, cost=head.norm.cost(shape))
-    if head.pre_logits_norm and report(("head", "pre_logits_norm"),
-                                       head.pre_logits_norm.check(TensorShape("NLC", head.pre_logits or 1, 1, 1))):
-        _raise(problems, source)
-    if head.pool == "token" and not shape.prefix:
-        report(("head", "pool"), [ShapeProblem((), "pool: token needs a class token, and the features have none",
-                                               "use pool: avg, or cls_token=true in patch_embed")])
+    if report(("head",), head.check(shape)):
         _raise(problems, source)
     out = TensorShape("NLC", head.classes or head.pre_logits or shape.channels, 1, 1)
     add("head", "head", ("head",), "head", shape, out, component=head, cost=head.cost(shape))

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from . import cost as C
 from .blocks import StageSpecUnion
 from .components import MIXERS, NORMS, STAGES, STEMS, DOWNSAMPLES, Channels, Component, Probability, Registry
-from .cost import TensorShape
 from .errors import SpecError, ValidationMapper, did_you_mean
 from .expr import is_search_form
 from .graft import GraftSpec
-from .norms import Act, NormSpec
+from .head import HeadSpec
 from .position import PegSpec
 from .source import Source
 from .stems import StemSpec
@@ -41,36 +39,6 @@ class InputSpec(Component):
     channels: Channels = 3
     height: ImageSize = 224
     width: ImageSize = 224
-
-
-class HeadSpec(Component):
-    """The classifier: ``norm`` over the final features, ``pool`` (``avg`` over the grid,
-    ``token`` = the class token), an optional ``pre_logits`` hidden layer (linear, optional
-    ``pre_logits_norm``, ``pre_logits_act``) after pooling, or, with ``pre_logits_before_pool``,
-    on every token before pooling (a 1x1 convolution on the final map, as MobileNetV3's head:
-    the same parameters, the FLOPs times the tokens), dropout, ``classes``."""
-
-    classes: int = Field(default=1000, ge=0, le=1_000_000)
-    pool: Literal["avg", "token"] = "avg"
-    norm: NormSpec | None = None
-    pre_logits: Channels | None = None
-    pre_logits_norm: NormSpec | None = None
-    pre_logits_act: Act = "tanh"
-    pre_logits_before_pool: bool = False
-    dropout: Probability = 0.0
-
-    def cost(self, shape: TensorShape) -> C.Cost:
-        """Pooling (a mean over the grid) or the class token, pre-logits, classifier; the final
-        ``norm`` is a node of its own."""
-        width = self.pre_logits or shape.channels
-        pooled = 0 if self.pool == "token" else shape.grid * (width if self.pre_logits_before_pool else shape.channels)
-        cost = C.mean(pooled)
-        if self.pre_logits:
-            rows = shape if self.pre_logits_before_pool else TensorShape("NLC", shape.channels, 1, 1)
-            cost = cost + C.linear(rows.tokens, shape.channels, self.pre_logits)
-            if self.pre_logits_norm:
-                cost = cost + self.pre_logits_norm.cost(rows.with_(layout="NLC", channels=self.pre_logits))
-        return cost + (C.linear(1, width, self.classes) if self.classes else C.ZERO)
 
 
 class ModelSpec(Component):
