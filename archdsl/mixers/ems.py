@@ -287,15 +287,26 @@ class ConvMultiHeadAttentionSpec(Component):
 
 
 class Propagation(nn.Module):
-    """Depth-wise transposed conv, kernel = stride = ``p``, cropped to ``size`` (eq. 3.2-3.3, 3.6-3.7)."""
+    """Depth-wise transposed conv, kernel = stride = ``p``, cropped to ``size`` (eq. 3.2-3.3, 3.6-3.7).
+
+    Where one patch covers the whole map (``size`` at most ``p`` per side, so the pooled map is 1x1)
+    the transposed conv is one product per channel, ``y[b, c] = x[b, c] * w[c] + bias[c]``, and is
+    computed as that einsum with the conv's own parameters: the same values and the same count
+    (fvcore counts the einsum's ``c p^2`` multiply-adds as it counts the conv's), while torch 2.14's
+    inductor, with freezing, miscompiles a depth-wise transposed conv on a 1x1 map (its stride
+    assertion fails; found by the conformance suite at a 4x4 grid)."""
 
     def __init__(self, dim: int, patch: int, size: tuple[int, int]):
         super().__init__()
-        self.size = size
+        self.size, self.whole = size, size[0] <= patch and size[1] <= patch
         self.conv = nn.ConvTranspose2d(dim, dim, patch, stride=patch, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)[..., :self.size[0], :self.size[1]]
+        if self.whole:
+            y = torch.einsum("bc,cpq->bcpq", x.flatten(1), self.conv.weight[:, 0]) + self.conv.bias[:, None, None]
+        else:
+            y = self.conv(x)
+        return y[..., :self.size[0], :self.size[1]]
 
 
 class PatchMixer(nn.Module):
