@@ -57,7 +57,7 @@ class ArchModel(nn.Module):
                 ds["component"].build(ds["in_shape"], ds["out_shape"].channels) if ds else nn.Identity(),
                 ToLayout(lay["in_shape"], lay["out_shape"]) if lay else nn.Identity(),
                 [d["component"].build_block(d["index"], d["in_shape"], d["drop_path"]) if d["kind"] == "block"
-                 else d["component"].build(d["in_shape"]) for d in sequence],
+                 else d["component"].build(d["in_shape"], self.spec.stages[i], d["index"]) for d in sequence],
                 sequence[-1]["out_shape"]))
         self.stages = nn.Sequential(*stages)
         image = g.nodes["input"]["out_shape"]

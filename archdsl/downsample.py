@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from . import cost as C
-from .components import DOWNSAMPLES, Component, ShapeProblem, Size, nested, plain_grid
+from .components import (
+    DOWNSAMPLES,
+    SMALL_GRIDS,
+    Downsample,
+    Example,
+    ShapeProblem,
+    Size,
+    nested,
+    plain_grid,
+)
 from .cost import TensorShape
 from .layout import map_to_tokens, tokens_to_map
 from .norms import NormSpec
@@ -17,7 +26,7 @@ from .stems import conv_out
 
 
 @DOWNSAMPLES.register
-class PatchMergingSpec(Component):
+class PatchMergingSpec(Downsample):
     """``patch_merging(norm=layernorm)`` (Swin, section 3.1): concatenate each 2x2 group of tokens
     (4C channels, in Swin's order x(0,0), x(1,0), x(0,1), x(1,1)), normalise, project to the
     stage's width without bias. A feature map (NCHW) is read as its tokens first; the output is
@@ -25,6 +34,13 @@ class PatchMergingSpec(Component):
 
     kind: Literal["patch_merging"] = "patch_merging"
     norm: NormSpec = {"kind": "layernorm"}
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=2)", "stages": [
+            {"depth": 1, "width": 16, "mixer": "attention(heads=2)"},
+            {"depth": 1, "width": 32, "mixer": "attention(heads=2)", "downsample": "patch_merging"}]},
+            SMALL_GRIDS, ("input", "3x18x18"), ("stages", 1, "downsample"))
 
     def out_shape(self, shape: TensorShape, width: int) -> TensorShape:
         return TensorShape("NLC", width, shape.height // 2, shape.width // 2)
@@ -63,7 +79,7 @@ class PatchMerging(nn.Module):
 
 
 @DOWNSAMPLES.register
-class ConvDownsampleSpec(Component):
+class ConvDownsampleSpec(Downsample):
     """``conv(kernel=3, stride=2, padding=null, norm=null)``: a strided convolution (padding
     ``kernel // 2`` unless given; ``conv(kernel=2, stride=2, padding=0)`` is PVT's non-overlapping
     patch embedding) to the stage's width, optionally normalised; tokens in, tokens out (or maps
@@ -74,6 +90,13 @@ class ConvDownsampleSpec(Component):
     stride: Size = 2
     padding: Annotated[int, Field(ge=0, le=1000)] | None = None
     norm: NormSpec | None = None
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [
+            {"depth": 1, "width": 16, "mixer": "attention(heads=2)"},
+            {"depth": 1, "width": 32, "mixer": "attention(heads=2)", "downsample": "conv(kernel=3, stride=2, norm=layernorm)"}]},
+            SMALL_GRIDS, ("stem", "patch_embed(patch=4, cls_token=true)"), ("stages", 1, "downsample"))
 
     def pad(self) -> int:
         return self.kernel // 2 if self.padding is None else self.padding
@@ -111,15 +134,38 @@ class ConvDownsample(nn.Module):
 
 
 @DOWNSAMPLES.register
-class StridedBlockSpec(Component):
+class StridedBlockSpec(Downsample):
     """``strided(stride=2)``: the stage's first block carries the stride (ResNet's layers 2-4)."""
 
     kind: Literal["strided"] = "strided"
     stride: Size = 2
 
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "conv(widths=[16], strides=[2])", "stages": [
+            {"depth": 1, "width": 16, "block": "basic"}, {"depth": 1, "width": 32, "block": "basic", "downsample": "strided"}]},
+            SMALL_GRIDS, ("stages.1", {"depth": 1, "width": 16, "mixer": "identity", "downsample": "strided"}),
+            ("stages", 1, "downsample"))
+
+    def block_stride(self) -> int:
+        return self.stride
+
+    # before the first block nothing changes: the block itself strides (the graph adds no node)
+    def check(self, shape: TensorShape, width: int, where: str) -> list[ShapeProblem]:
+        return []
+
+    def out_shape(self, shape: TensorShape, width: int) -> TensorShape:
+        return shape
+
+    def cost(self, shape: TensorShape, width: int) -> C.Cost:
+        return C.ZERO
+
+    def build(self, shape: TensorShape, width: int) -> nn.Module:
+        return nn.Identity()
+
 
 @DOWNSAMPLES.register
-class BilinearPESpec(Component):
+class BilinearPESpec(Downsample):
     """``bilinear(kernel=3, stride=2)``: MAT's Bilinear PE (Vo 2023, thesis section 4.3.2, figure 4.3,
     table 4.12): a ``kernel x kernel`` depth-wise convolution with ``stride``, a 1x1 convolution to
     the stage's width, then bilinear sampling of that map at a regular grid of reference points
@@ -138,6 +184,12 @@ class BilinearPESpec(Component):
     kind: Literal["bilinear"] = "bilinear"
     kernel: Size = 3
     stride: Size = 2
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [
+            {"depth": 1, "width": 16, "mixer": "identity"}, {"depth": 1, "width": 32, "mixer": "identity", "downsample": "bilinear"}]},
+            SMALL_GRIDS, ("stem", "patch_embed(patch=4, cls_token=true)"), ("stages", 1, "downsample"))
 
     def out_shape(self, shape: TensorShape, width: int) -> TensorShape:
         size = [conv_out(s, self.kernel, self.stride, self.kernel // 2) for s in (shape.height, shape.width)]

@@ -63,7 +63,6 @@ The class token, where there is one, bypasses the graft (its graft term is zero)
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
@@ -73,12 +72,24 @@ from pydantic import BeforeValidator, Field, PlainValidator
 from timm.layers import Mlp, get_act_layer
 
 from . import cost as C
-from .components import Component, ShapeProblem, Size, bare_name
+from .components import (
+    STAGE_OPTIONS,
+    Example,
+    ShapeProblem,
+    Size,
+    StageOption,
+    bare_name,
+)
 from .cost import TensorShape
 from .mixers.attention import check_heads
-from .mixers.window import WindowAttention, bias_table_params, fitting_window_sizes, merge, partition, window_geometry
-
-BACKBONE_MIXERS = ("window", "attention")
+from .mixers.window import (
+    WindowAttention,
+    bias_table_params,
+    fitting_window_sizes,
+    merge,
+    partition,
+    window_geometry,
+)
 
 
 def _blocks(value):
@@ -93,7 +104,8 @@ def _blocks(value):
 BlockChoice = Annotated[Literal["all_but_first", "all"] | list[int], PlainValidator(_blocks)]
 
 
-class GraftSpec(Component):
+@STAGE_OPTIONS.register
+class GraftSpec(StageOption):
     """``graft(scales=1, ratio=2, blocks=all_but_first, shared_ffn=true, anti_alias=true,
     channel_mix=true, window=null, heads=null, zero_init=false)``: GrafT branches on a metaformer
     stage."""
@@ -113,6 +125,12 @@ class GraftSpec(Component):
     zero_init: bool = False
 
     # -- layout -------------------------------------------------------------------------------
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "attention(heads=2)", "graft": "graft(scales=2)"},
+                                  {"depth": 2, "width": 16, "mixer": "window(size=2, heads=2)", "graft": "graft(blocks=all, shared_ffn=false)"}]},
+                       ("3x32x32", "3x32x48"), ("input", "3x36x36"), ("stages", 0, "graft"))
+
     def positions(self, depth: int) -> list[int]:
         if self.blocks == "all":
             return list(range(depth))
@@ -132,7 +150,7 @@ class GraftSpec(Component):
         return self.heads or mixer.heads
 
     def window_for(self, mixer) -> int:
-        return self.window or (mixer.size if getattr(mixer, "kind", None) == "window" else 7)
+        return self.window or mixer.graft_window()
 
     def windows(self, shape: TensorShape, mixer) -> list[tuple[int, int]]:
         """The L-MSA window of each coarse scale: the whole map at the coarsest."""
@@ -142,20 +160,18 @@ class GraftSpec(Component):
         return windows[:-1] + [grids[-1]] if self.global_coarsest else windows
 
     # -- shape rules --------------------------------------------------------------------------
-    def check(self, shape: TensorShape, where: str, depth: int,
-              mixer_at: Callable[[int], object]) -> list[ShapeProblem]:
-        problems = []
-        late = [i for i in self.positions(depth) if i >= depth]
-        if late:
-            problems.append(ShapeProblem(("blocks",), f"block {late[0]} does not exist in a stage of {depth} blocks",
-                                         f"block indices 0 to {depth - 1}, all or all_but_first"))
+    def check(self, shape: TensorShape, where: str, stage) -> list[ShapeProblem]:
+        """On a metaformer stage (``stage.mixer_at``): every grafted block's mixer offers a window
+        (``Mixer.graft_window``), and the scales, ratio and window fit the token grid."""
+        depth, mixer_at = stage.depth, stage.mixer_at
+        problems = self.blocks_past(self.positions(depth), depth, "all or all_but_first")
         positions = [i for i in self.positions(depth) if i < depth]
         if not positions:
             problems.append(ShapeProblem(("blocks",), f"the graft is on no block of {where} ({depth} block(s))",
                                          "use blocks: all or list block indices"))
             return problems
         mixers = [mixer_at(i) for i in positions]
-        bad = [(i, m) for i, m in zip(positions, mixers) if getattr(m, "kind", None) not in BACKBONE_MIXERS]
+        bad = [(i, m) for i, m in zip(positions, mixers) if m.graft_window() is None]
         if bad:
             i, m = bad[0]
             problems.append(ShapeProblem((), f"a graft attaches to window or global attention, but block {i} of "
@@ -197,7 +213,8 @@ class GraftSpec(Component):
         return problems
 
     # -- cost ---------------------------------------------------------------------------------
-    def cost(self, shape: TensorShape, mixer, hidden: int) -> C.Cost:
+    def cost(self, shape: TensorShape, stage, index: int) -> C.Cost:
+        mixer, hidden = stage.mixer_at(index), stage.hidden()
         d, heads = shape.channels, self.heads_for(mixer)
         grids, windows = self.grids(shape), self.windows(shape, mixer)
         cost = C.ZERO
@@ -220,13 +237,14 @@ class GraftSpec(Component):
         return cost
 
     # -- module -------------------------------------------------------------------------------
-    def build(self, shape: TensorShape, mixer, hidden: int, act: str = "gelu") -> nn.Module:
+    def build(self, shape: TensorShape, stage, index: int) -> nn.Module:
+        mixer, hidden = stage.mixer_at(index), stage.hidden()
         grids, windows = self.grids(shape), self.windows(shape, mixer)
         levels = [GraftLevel(shape.channels, self.heads_for(mixer), grids[b], windows[b - 1], self.ratio,
                              self.qkv_bias, self.rpb, self.channel_mix, self.anti_alias)
                   for b in range(1, self.scales + 1)]
         ffn = None if self.shared_ffn else (nn.LayerNorm(shape.channels),
-                                            Mlp(shape.channels, hidden, act_layer=get_act_layer(act)))
+                                            Mlp(shape.channels, hidden, act_layer=get_act_layer(stage.act)))
         if self.zero_init:
             nn.init.zeros_(levels[0].mix[-1].weight)
             nn.init.zeros_(levels[0].mix[-1].bias)

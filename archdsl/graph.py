@@ -20,7 +20,6 @@ import networkx as nx
 from . import cost as C
 from .components import ShapeProblem, nested
 from .cost import Cost, TensorShape
-from .downsample import StridedBlockSpec
 from .errors import Problem, SpecError
 from .source import Source
 from .spec import ModelSpec
@@ -88,11 +87,11 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
     for i, stage in enumerate(spec.stages):
         path, part = ("stages", i), f"stage {i + 1}"
         ds = stage.downsample
-        if isinstance(ds, StridedBlockSpec) and not stage.takes_stride:
+        if ds is not None and ds.block_stride() > 1 and not stage.takes_stride:
             report(path + ("downsample",), [ShapeProblem((), f"{stage.block} blocks cannot carry a stride",
                                                          "use patch_merging or conv(...)")])
             ds = None
-        if ds is not None and not isinstance(ds, StridedBlockSpec):
+        if ds is not None and ds.block_stride() == 1:
             where = _where(i, image, shape)
             if report(path + ("downsample",), ds.check(shape, stage.width, where)):
                 break
@@ -117,7 +116,7 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
         where = _where(i, image, outs[0] if outs[0].layout == stage.layout else shape)
         found = stage.check_blocks(shape, where)
         if stage.peg is not None:
-            found += nested(("peg",), stage.peg.check(stage.depth))
+            found += nested(("peg",), stage.peg.check(shape, where, stage))
         if report(path, found):
             continue
         pegs = set(stage.peg.positions(stage.depth)) if stage.peg else set()
@@ -125,7 +124,7 @@ def build_graph(spec: ModelSpec, source: Source | None = None) -> Design:
         def add_peg(j: int, place: str):
             if j in pegs and stage.peg.place == place:
                 add(f"stages.{i}.pegs.{j}", "peg", path + ("peg",), part, shape, shape, component=stage.peg,
-                    cost=stage.peg.cost(shape))
+                    index=j, cost=stage.peg.cost(shape, stage, j))
 
         for j, out in enumerate(outs):
             add_peg(j, "before")

@@ -7,7 +7,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d, get_act_layer
 
 from . import cost as C
-from .components import NORMS, Component, Eps, ShapeProblem
+from .components import NORMS, SMALL_GRIDS, Eps, Example, Norm, ShapeProblem
 from .cost import TensorShape
 
 Act = Literal["gelu", "relu", "silu", "hard_swish", "tanh", "sigmoid", "identity"]
@@ -19,12 +19,19 @@ def act_layer(name: Act) -> nn.Module:
 
 
 @NORMS.register
-class LayerNormSpec(Component):
+class LayerNormSpec(Norm):
     """LayerNorm over channels: of each token (NLC) or of each pixel (NCHW, timm's LayerNorm2d)."""
 
     kind: Literal["layernorm"] = "layernorm"
     eps: Eps = 1e-5
     affine: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4, norm=layernorm)", "stages": [
+            {"depth": 1, "width": 16, "mixer": "identity", "norm": "layernorm(eps=1e-6)"},
+            {"depth": 1, "width": 16, "block": "basic", "norm": "layernorm"}]},
+            SMALL_GRIDS, unbreakable="a LayerNorm takes tokens and maps of any size")
 
     def check(self, shape: TensorShape) -> list[ShapeProblem]:
         return []
@@ -39,13 +46,19 @@ class LayerNormSpec(Component):
 
 
 @NORMS.register
-class BatchNormSpec(Component):
+class BatchNormSpec(Norm):
     """BatchNorm2d over a NCHW feature map."""
 
     kind: Literal["batchnorm"] = "batchnorm"
     eps: Eps = 1e-5
     momentum: float = 0.1
     affine: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "conv(widths=[16], strides=[4])", "stages": [{"depth": 1, "width": 16, "block": "basic"}]},
+                       SMALL_GRIDS, ("stages.0", {"depth": 1, "width": 16, "mixer": "identity", "norm": "batchnorm"}),
+                       ("stages", 0, "norm"))
 
     def check(self, shape: TensorShape) -> list[ShapeProblem]:
         if shape.layout != "NCHW":

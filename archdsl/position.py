@@ -8,12 +8,21 @@ import torch.nn as nn
 from pydantic import BeforeValidator, Field
 
 from . import cost as C
-from .components import Component, ShapeProblem, Size, bare_name
+from .components import (
+    SMALL_GRIDS,
+    STAGE_OPTIONS,
+    Example,
+    ShapeProblem,
+    Size,
+    StageOption,
+    bare_name,
+)
 from .cost import TensorShape
 from .layout import map_to_tokens, tokens_to_map
 
 
-class PegSpec(Component):
+@STAGE_OPTIONS.register
+class PegSpec(StageOption):
     """``peg(kernel=3, blocks=first, place=after)``: CPVT's positional encoding generator (Chu et
     al. 2023, section 3.2): ``x + DWConv_k(x)`` (with bias) on the token map, class tokens passing
     unchanged; ``place``d ``after`` or ``before`` the stage's ``first`` block (CPVT, ScalableViT:
@@ -24,23 +33,28 @@ class PegSpec(Component):
     blocks: Literal["first", "all"] | list[Annotated[int, Field(ge=0)]] = "first"
     place: Literal["after", "before"] = "after"
 
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "attention(heads=2)", "peg": "peg(blocks=all, place=before)"},
+                                  {"depth": 2, "width": 16, "mixer": "identity", "peg": "peg(kernel=5, blocks=[1])"}]},
+                       SMALL_GRIDS, ("stages.1.peg", "peg(blocks=[2])"), ("stages", 1, "peg"))
+
     def positions(self, depth: int) -> list[int]:
         if self.blocks == "first":
             return [0]
         return list(range(depth)) if self.blocks == "all" else sorted(set(self.blocks))
 
-    def check(self, depth: int) -> list[ShapeProblem]:
-        late = [i for i in self.positions(depth) if i >= depth]
-        if late:
-            return [ShapeProblem(("blocks",), f"block {late[0]} does not exist in a stage of {depth} blocks",
-                                 f"block indices 0 to {depth - 1}, first or all")]
-        return []
+    def check(self, shape: TensorShape, where: str, stage) -> list[ShapeProblem]:
+        return self.blocks_past(self.positions(stage.depth), stage.depth, "first or all")
 
-    def cost(self, shape: TensorShape) -> C.Cost:
+    def cost(self, shape: TensorShape, stage, index: int) -> C.Cost:
         return C.conv2d(shape.height, shape.width, shape.channels, shape.channels, self.kernel, groups=shape.channels)
 
-    def build(self, shape: TensorShape) -> nn.Module:
+    def build(self, shape: TensorShape, stage, index: int) -> nn.Module:
         return PositionalEncodingGenerator(shape, self.kernel)
+
+    def describe(self) -> str:
+        return f"peg({self.kernel}x{self.kernel})"
 
 
 PegOption = Annotated[PegSpec, BeforeValidator(bare_name)]

@@ -9,7 +9,17 @@ from pydantic import Field
 from timm.layers import PatchEmbed, trunc_normal_
 
 from . import cost as C
-from .components import STEMS, Channels, Component, ShapeProblem, Size, divisors, nested
+from .components import (
+    SMALL_GRIDS,
+    STEMS,
+    Channels,
+    Example,
+    ShapeProblem,
+    Size,
+    Stem,
+    divisors,
+    nested,
+)
 from .cost import TensorShape
 from .norms import Act, NormSpec, act_layer
 
@@ -20,7 +30,7 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 @STEMS.register
-class PatchEmbedSpec(Component):
+class PatchEmbedSpec(Stem):
     """``patch_embed(patch=16, norm=null, cls_token=false, pos_embed=false)`` (ViT, section 3.1):
     a ``patch x patch`` convolution with stride ``patch`` to tokens, optionally normalised, with a
     class token prepended and learned absolute position embeddings (over all tokens) added."""
@@ -31,6 +41,13 @@ class PatchEmbedSpec(Component):
     norm: NormSpec | None = None
     cls_token: bool = False
     pos_embed: bool = False
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4, norm=layernorm, cls_token=true, pos_embed=true)",
+                        "stages": [{"depth": 1, "width": 16, "mixer": "attention(heads=2)"}],
+                        "head": {"norm": "layernorm", "pool": "token", "classes": 4}},
+                       SMALL_GRIDS, ("input", "3x18x18"), ("stem",))
 
     def channels(self, first_stage_width: int) -> int:
         """The stem's output width: its own ``width``, else the first stage's."""
@@ -83,7 +100,7 @@ class PatchEmbedStem(nn.Module):
 
 
 @STEMS.register
-class ResNetStemSpec(Component):
+class ResNetStemSpec(Stem):
     """``resnet(width=64)`` (He et al. 2016, table 1): 7x7 conv stride 2, BN, ReLU, 3x3 max-pool
     stride 2."""
 
@@ -92,6 +109,11 @@ class ResNetStemSpec(Component):
     act: Act = "relu"
 
     channels = PatchEmbedSpec.channels
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "resnet", "stages": [{"depth": 1, "width": 16, "block": "basic"}]},
+                       ("3x32x32", "3x32x48", "3x36x36"), unbreakable="the ResNet stem takes any image")
 
     def out_shape(self, image: TensorShape, width: int) -> TensorShape:
         h, w = (conv_out(conv_out(s, 7, 2, 3), 3, 2, 1) for s in (image.height, image.width))
@@ -111,7 +133,7 @@ class ResNetStemSpec(Component):
 
 
 @STEMS.register
-class ConvStemSpec(Component):
+class ConvStemSpec(Stem):
     """``conv(widths=[32, 64], kernel=3, strides=[2, 2], groups=null, norm=batchnorm, act=relu)``: a
     stack of conv-norm-act layers (padding ``kernel // 2``); ``groups`` gives each layer's groups
     (a layer whose groups equal its input and output width is depth-wise, e.g. MAT's stem, thesis
@@ -127,6 +149,11 @@ class ConvStemSpec(Component):
     act: Act = "relu"
     last_act: bool = True
     bias: bool | None = None
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "conv(widths=[8, 16], strides=[2, 2], groups=[1, 8])", "stages": [{"depth": 1, "width": 16, "block": "basic"}]},
+                       SMALL_GRIDS, ("stem", "conv(widths=[8, 16], strides=[2, 2], groups=[1, 3])"), ("stem",))
 
     def conv_bias(self) -> bool:
         return self.norm is None if self.bias is None else self.bias

@@ -7,20 +7,18 @@ marked ``slow`` on the others (an ONNX export of a large model takes up to two m
 attention (relative position bias, mask, LIM) and partial attention (the stable sort's ONNX
 translation), and the errors of ``export_model``.
 """
-import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+from conftest import ROOT, SPECS, TINY_PARTIAL, sweep
 
 import archdsl
-from archdsl.export import export_model, exported_difference, onnx_translations
-from archdsl.testing import perturb_norms
-from conftest import ROOT, SPECS, TINY_PARTIAL, sweep
+from archdsl.export import export_model, onnx_translations
+from archdsl.testing import exported_difference_after
 
 EXPORT_BATCH, RUN_BATCH = 2, 3  # exported at one batch size, run at another: the batch is dynamic
 TOLERANCE = 1e-4
@@ -41,19 +39,9 @@ TINY_WINDOW = """
 """
 
 def check_export(model: nn.Module, tmp_path: Path, fmt: str) -> float:
-    """Export at batch 2, reload, run at batch 3 (the batch is dynamic); returns the max abs
-    difference to eager. Norm parameters are perturbed first (``archdsl.testing.perturb_norms``):
-    at timm's initialisation partial attention's foreground is a pick among tied scores."""
-    perturb_norms(model).eval()
-    start = time.perf_counter()
-    path = export_model(model, tmp_path / f"model.{fmt}", fmt, example_batch=EXPORT_BATCH)
-    seconds = time.perf_counter() - start
-    assert path.is_file()
-    if fmt == "onnx":
-        onnx.checker.check_model(str(path))
-        (image,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
-        assert isinstance(image.shape[0], str), f"the ONNX batch dimension is fixed: {image.shape}"
-    diff = exported_difference(model, path, batch=RUN_BATCH)
+    """Export at batch 2, reload, run at batch 3 (``archdsl.testing.exported_difference_after``); returns the
+    max abs difference to eager."""
+    diff, seconds = exported_difference_after(model, tmp_path, fmt, EXPORT_BATCH, RUN_BATCH)
     print(f"\n{model.spec.name} {fmt}: exported in {seconds:.1f} s, max abs difference {diff:.3g}")
     assert diff <= TOLERANCE, f"{fmt}: max abs difference {diff:.3g} over {TOLERANCE}"
     return diff

@@ -7,11 +7,11 @@ model with inductor (10-130 s each on 2 cores): by default on one spec per famil
 import pytest
 import torch
 import torch._dynamo
+from conftest import ROOT, SPECS, TINY_ATTENTION, sweep
 
 import archdsl
-from archdsl.optimize import CONV_SHARE, conv_share, optimize
-from archdsl.testing import perturb_norms
-from conftest import ROOT, SPECS, TINY_ATTENTION, sweep
+from archdsl.optimize import CONV_SHARE, conv_share
+from archdsl.testing import eager_and_optimized
 
 TOLERANCE = 1e-4
 
@@ -24,18 +24,6 @@ CONV_SPEC = """
       - {depth: 1, width: 32, block: basic, downsample: strided}
     head: {classes: 10}
 """
-
-def eager_and_optimized(model: archdsl.ArchModel, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """The eager output (eval mode, no autograd) and the optimized callable's, on one random batch."""
-    perturb_norms(model)
-    torch._dynamo.reset()  # a fresh cache per model: compiling many models of one class would hit dynamo's recompile limit
-    image = model.design.spec.input
-    x = torch.randn(batch, image.channels, image.height, image.width)
-    with torch.inference_mode():
-        expected = model.eval()(x)
-    fast = optimize(model)
-    return expected, fast(x), fast
-
 
 @pytest.mark.parametrize("spec_text, conv", [(CONV_SPEC, True), (TINY_ATTENTION, False)], ids=["conv", "attention"])
 def test_tiny_spec_channels_last_rule_and_parity(write_spec, spec_text, conv):

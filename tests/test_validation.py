@@ -2,11 +2,11 @@
 import re
 
 import pytest
+from conftest import ROOT
 
 import archdsl
 from archdsl import SpecError
 from archdsl.components import MIXERS
-from conftest import ROOT
 
 LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
 
@@ -153,10 +153,10 @@ def test_calls_inside_flow_collections_get_a_quoting_hint(write_spec):
 def test_a_duplicate_kind_is_refused_naming_the_first_class():
     from typing import Literal
 
-    from archdsl.components import MIXERS, Component, Registry
+    from archdsl.components import MIXERS, Registry
     from archdsl.mixers.identity import IdentityMixerSpec
 
-    class AnotherIdentity(Component):
+    class AnotherIdentity(IdentityMixerSpec):
         kind: Literal["identity"] = "identity"
 
     registry = Registry("mixer")
@@ -169,3 +169,24 @@ def test_a_duplicate_kind_is_refused_naming_the_first_class():
     with pytest.raises(ValueError, match="already registered"):
         MIXERS.register(AnotherIdentity)
     assert MIXERS.classes["identity"] is IdentityMixerSpec
+
+
+def test_a_registry_refuses_what_breaks_its_family_contract():
+    from typing import Literal
+
+    from archdsl.components import MIXERS, Component, Mixer
+
+    class NotAMixer(Component):
+        kind: Literal["not_a_mixer"] = "not_a_mixer"
+
+    class HalfAMixer(Mixer):
+        kind: Literal["half_a_mixer"] = "half_a_mixer"
+
+        def check(self, shape, where):
+            return []
+
+    with pytest.raises(TypeError, match=r"NotAMixer is registered as a mixer but is not a Mixer"):
+        MIXERS.register(NotAMixer)
+    with pytest.raises(TypeError, match=r"HalfAMixer leaves build, cost, describe of the mixer contract \(Mixer\)"):
+        MIXERS.register(HalfAMixer)
+    assert "not_a_mixer" not in MIXERS.classes and "half_a_mixer" not in MIXERS.classes

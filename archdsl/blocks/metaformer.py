@@ -10,7 +10,16 @@ from timm.layers import DropPath, LayerScale, Mlp, get_act_layer
 
 from .. import cost as C
 from .. import mixers  # noqa: F401  (registers the mixers before the union below is made)
-from ..components import MIXERS, STAGES, Ratio, ShapeProblem, as_list, nested
+from ..components import (
+    MIXERS,
+    SMALL_GRIDS,
+    STAGES,
+    Example,
+    Ratio,
+    ShapeProblem,
+    as_list,
+    nested,
+)
 from ..cost import TensorShape
 from ..graft import GraftOption
 from ..norms import Act, NormSpec
@@ -35,6 +44,13 @@ class MetaFormerStageSpec(StageSpec):
     layer_scale: float | None = Field(default=None, gt=0, le=10)
     graft: GraftOption | None = None
 
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [
+            {"depth": 2, "width": 16, "mixer": ["attention(heads=2)", "identity"], "layer_scale": 1e-5, "drop_path": 0.1},
+            {"depth": 1, "width": 16, "mixer": "identity", "mlp_ratio": 2, "act": "relu"}]},
+            SMALL_GRIDS, ("stages.1.width", 24), ("stages", 1, "width"))
+
     def check_blocks(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
         problems = []
         if shape.channels != self.width:
@@ -46,7 +62,7 @@ class MetaFormerStageSpec(StageSpec):
         for k, mixer in enumerate(self.mixer):
             problems += nested(("mixer",) if len(self.mixer) == 1 else ("mixer", k), mixer.check(shape, where))
         if self.graft is not None and not problems:
-            problems += nested(("graft",), self.graft.check(shape, where, self.depth, self.mixer_at))
+            problems += nested(("graft",), self.graft.check(shape, where, self))
         return problems
 
     def grafted(self, index: int) -> bool:
@@ -56,7 +72,7 @@ class MetaFormerStageSpec(StageSpec):
         """The graft, on the blocks it is attached to."""
         if not self.grafted(index):
             return {}
-        return {"graft": self.graft.cost(shape, self.mixer_at(index), self.hidden())}
+        return {"graft": self.graft.cost(shape, self, index)}
 
     def mixer_at(self, index: int):
         """Block ``index``'s mixer: a list of mixers repeats block by block (ScalableViT)."""
@@ -72,8 +88,7 @@ class MetaFormerStageSpec(StageSpec):
         return cost + (C.Cost(2 * d, 0) if self.layer_scale else C.ZERO)
 
     def build_block(self, index: int, shape: TensorShape, drop_path: float) -> nn.Module:
-        graft = (self.graft.build(shape, self.mixer_at(index), self.hidden(), self.act)
-                 if self.grafted(index) else None)
+        graft = self.graft.build(shape, self, index) if self.grafted(index) else None
         return MetaFormerBlock(self.norm.build(shape), self.mixer_at(index).build(shape, index), self.norm.build(shape),
                                Mlp(shape.channels, self.hidden(), act_layer=get_act_layer(self.act)),
                                self.layer_scale, drop_path, graft, self.graft is None or self.graft.shared_ffn)

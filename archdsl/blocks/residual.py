@@ -9,9 +9,8 @@ import torch.nn as nn
 from timm.layers import DropPath
 
 from .. import cost as C
-from ..components import STAGES, ShapeProblem, nested
+from ..components import SMALL_GRIDS, STAGES, Example, ShapeProblem, nested
 from ..cost import TensorShape
-from ..downsample import StridedBlockSpec
 from ..norms import Act, NormSpec, act_layer
 from ..stems import conv_out
 from .base import StageSpec
@@ -28,7 +27,7 @@ class ResidualStageSpec(StageSpec):
     act: Act = "relu"
 
     def stride(self) -> int:
-        return self.downsample.stride if isinstance(self.downsample, StridedBlockSpec) else 1
+        return self.downsample.block_stride() if self.downsample is not None else 1
 
     def mid(self) -> int:
         return self.width // self.expansion
@@ -101,6 +100,12 @@ class BasicStageSpec(ResidualStageSpec):
     expansion: ClassVar[int] = 1
     block: Literal["basic"]
 
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "conv(widths=[16], strides=[2])", "stages": [
+            {"depth": 2, "width": 16, "block": "basic"}, {"depth": 1, "width": 24, "block": "basic", "downsample": "strided"}]},
+            SMALL_GRIDS, unbreakable="basic blocks take any map and any width (expansion 1)")
+
     @staticmethod
     def kernels() -> tuple:
         return (3, 3)
@@ -112,6 +117,12 @@ class BottleneckStageSpec(ResidualStageSpec):
 
     expansion: ClassVar[int] = 4
     block: Literal["bottleneck"]
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "conv(widths=[16], strides=[2])", "stages": [
+            {"depth": 2, "width": 32, "block": "bottleneck"}, {"depth": 1, "width": 64, "block": "bottleneck", "downsample": "strided"}]},
+            SMALL_GRIDS, ("stages.0.width", 30), ("stages", 0, "width"))
 
     @staticmethod
     def kernels() -> tuple:

@@ -92,7 +92,15 @@ from pydantic import BeforeValidator, Field
 from timm.layers import DropPath
 
 from .. import cost as C
-from ..components import STAGES, Channels, ShapeProblem, Size, as_list, divisors
+from ..components import (
+    STAGES,
+    Channels,
+    Example,
+    ShapeProblem,
+    Size,
+    as_list,
+    divisors,
+)
 from ..cost import TensorShape
 from .base import StageSpec
 
@@ -253,6 +261,13 @@ class VisualTransformerStageSpec(StageSpec):
     kmeans_iters: Annotated[int, Field(ge=1, le=100)] = 3
     projector: bool = True
     output: Literal["tokens", "map"] = "tokens"
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "conv(widths=[16], strides=[2])", "stages": [
+            {"depth": 2, "width": 16, "block": "visual_transformer", "tokens": 9, "token_width": 16, "heads": 2,
+             "tokenizer": ["clustering", "recurrent"]}]},
+            ("3x16x16", "3x16x24", "3x18x18"), ("input", "3x4x4"), ("stages", 0, "tokenizer"))
 
     def outputs_map(self) -> bool:
         return self.output == "map"

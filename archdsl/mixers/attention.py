@@ -13,7 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size, divisors
+from ..components import (
+    MIXERS,
+    SMALL_GRIDS,
+    Example,
+    Mixer,
+    ShapeProblem,
+    Size,
+    divisors,
+)
 from ..cost import TensorShape
 
 
@@ -59,12 +67,17 @@ def mhsa_cost(batch: int, tokens: int, dim: int, heads: int, qkv_bias: bool) -> 
 
 
 @MIXERS.register
-class GlobalAttentionSpec(Component):
+class GlobalAttentionSpec(Mixer):
     """``attention(heads=3, qkv_bias=true)``: every token attends to every token (O(N^2))."""
 
     kind: Literal["attention"] = "attention"
     heads: Size
     qkv_bias: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "attention(heads=2)"}]},
+                       SMALL_GRIDS, ("stages.0.mixer", "attention(heads=3)"), ("stages", 0, "mixer"))
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
         return check_heads(self.heads, shape.channels)
@@ -77,3 +90,7 @@ class GlobalAttentionSpec(Component):
 
     def describe(self, shape: TensorShape, index: int) -> str:
         return f"attention(heads={self.heads})"
+
+    def graft_window(self) -> int:
+        """GrafT on a global-attention backbone (DeiT): L-MSA windows of 7 at the coarser scales, as on Swin."""
+        return 7

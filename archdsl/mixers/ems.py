@@ -156,7 +156,16 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size, divisors, plain_grid
+from ..components import (
+    MIXERS,
+    SMALL_GRIDS,
+    Example,
+    Mixer,
+    ShapeProblem,
+    Size,
+    divisors,
+    plain_grid,
+)
 from ..cost import TensorShape
 from ..layout import map_to_tokens, tokens_to_map
 from .attention import MultiHeadAttention, mhsa_cost
@@ -255,7 +264,7 @@ class TokenMixerOnMap(nn.Module):
 ON_A_MAP = "works on a token map"
 
 @MIXERS.register
-class ConvMultiHeadAttentionSpec(Component):
+class ConvMultiHeadAttentionSpec(Mixer):
     """``cmhsa(heads=2, k=3, stride=2)``: EMSNet's convolution-based MHSA on the whole token map
     (attention over overlapping ``k x k`` windows every ``stride`` pixels, eq. 3.9-3.10)."""
 
@@ -263,6 +272,11 @@ class ConvMultiHeadAttentionSpec(Component):
     heads: Size = 1
     k: Size = 3
     stride: Size = 2
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "cmhsa(heads=2, k=3, stride=2)"}]},
+                       SMALL_GRIDS, ("stem", "patch_embed(patch=4, cls_token=true)"), ("stages", 0, "mixer"))
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
         problems = plain_grid(shape, "C-MHSA", where, needs=ON_A_MAP) + _odd(self.k, "k", "window")
@@ -408,7 +422,7 @@ class EMSMixer(nn.Module):
 
 
 @MIXERS.register
-class EMSSpec(Component):
+class EMSSpec(Mixer):
     """``ems(c_heads=1, g_heads=1, static_ratio=0.5, split=[0.25, 0.5, 0.25], patches=[2, 4, 4, 6],
     pe_ratio=2, dw_kernel=3, coord_kernel=7, whiten=spatial, gate=true, k=3, stride=2, qkv_bias=true)``:
     the EMS block's multi-scale spatial interaction (eq. 3.1-3.8); ``pe_ratio`` is how much each patch
@@ -429,6 +443,11 @@ class EMSSpec(Component):
     k: Size = 3
     stride: Size = 2
     qkv_bias: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 32, "mixer": "ems(patches=[2, 4, 4, 6])"}]},
+                       SMALL_GRIDS, ("stages.0.width", 30), ("stages", 0, "mixer"))
 
     def widths(self, channels: int) -> tuple[int, tuple[int, int, int], int] | None:
         """``(C_s, (c_m1, c_m2, c_m3), C_d)``, or None where the slices are not whole channels or

@@ -14,15 +14,20 @@ from typing import Literal
 import torch.nn as nn
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem
+from ..components import MIXERS, SMALL_GRIDS, Example, Mixer, ShapeProblem
 from ..cost import TensorShape
 
 
 @MIXERS.register
-class IdentityMixerSpec(Component):
+class IdentityMixerSpec(Mixer):
     """``identity``: the tokens pass unchanged (no token mixing)."""
 
     kind: Literal["identity"] = "identity"
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "identity"}]},
+                       SMALL_GRIDS, unbreakable="the identity passes any tokens")
 
     def check(self, shape: TensorShape, where: str) -> list[ShapeProblem]:
         return []

@@ -74,11 +74,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size, plain_grid
+from ..components import MIXERS, Example, Mixer, ShapeProblem, Size, plain_grid
 from ..cost import TensorShape
 from .attention import MultiHeadAttention, check_heads, mhsa_cost
-from .window import (add_position_bias, bias_table_params, merge, partition, relative_bias, window_divides,
-                     window_geometry)
+from .window import (
+    add_position_bias,
+    bias_table_params,
+    merge,
+    partition,
+    relative_bias,
+    window_divides,
+    window_geometry,
+)
 
 
 class MixingAbstractTokens(nn.Module):
@@ -128,7 +135,7 @@ class MixingAbstractTokens(nn.Module):
 
 
 @MIXERS.register
-class MixingAbstractTokensSpec(Component):
+class MixingAbstractTokensSpec(Mixer):
     """``mat(size=7, heads=8, rpb=true, qkv_bias=true)``: window attention whose windows exchange
     information through their abstract tokens, mixed globally (O(N) but for the fusion products,
     ``N N_w = N^2 / w^2``)."""
@@ -138,6 +145,11 @@ class MixingAbstractTokensSpec(Component):
     heads: Size
     rpb: bool = True
     qkv_bias: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "mat(size=3, heads=2)"}]},
+                       ("3x24x24", "3x24x36", "3x36x36"), ("input", "3x16x16"), ("stages", 0, "mixer"))
 
     def geometry(self, shape: TensorShape) -> tuple[int, int]:
         return window_geometry(self.size, shape.height, shape.width, False)[0]

@@ -74,7 +74,17 @@ import torch.nn.functional as F
 from pydantic import BeforeValidator
 
 from .. import cost as C
-from ..components import MIXERS, Component, Ratio, ShapeProblem, Size, divisors, plain_grid
+from ..components import (
+    MIXERS,
+    SMALL_GRIDS,
+    Example,
+    Mixer,
+    Ratio,
+    ShapeProblem,
+    Size,
+    divisors,
+    plain_grid,
+)
 from ..cost import TensorShape
 from .attention import check_heads
 
@@ -169,7 +179,7 @@ class PartialAttention(nn.Module):
 
 
 @MIXERS.register
-class PartialAttentionSpec(Component):
+class PartialAttentionSpec(Mixer):
     """``partial(heads=2, fg=49, e=4, r=4)``: PartialFormer's partial attention (MMSA + SQA).
 
     MMSA (heads mixed by a HeadMLP of expansion ``e``) over an abstract token and the ``fg``
@@ -182,6 +192,11 @@ class PartialAttentionSpec(Component):
     e: Ratio = 4.0
     r: Size = 4
     qkv_bias: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "partial(heads=2, fg=9)"}]},
+                       SMALL_GRIDS, ("stem", "patch_embed(patch=4, cls_token=true)"), ("stages", 0, "mixer"))
 
     def head_hidden(self) -> int:
         return int(self.e * self.heads)

@@ -38,7 +38,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import cost as C
-from ..components import MIXERS, Component, Ratio, ShapeProblem, Size, divisors, plain_grid
+from ..components import (
+    MIXERS,
+    Example,
+    Mixer,
+    Ratio,
+    ShapeProblem,
+    Size,
+    divisors,
+    plain_grid,
+)
 from ..cost import TensorShape
 from ..layout import map_to_tokens, tokens_to_map
 
@@ -84,7 +93,7 @@ class ScalableSelfAttention(nn.Module):
 
 
 @MIXERS.register
-class ScalableAttentionSpec(Component):
+class ScalableAttentionSpec(Mixer):
     """``ssa(heads=2, sr=8, c_ratio=1.25, qkv_bias=true)``: ScalableViT's scalable self-attention;
     keys and values from the map reduced ``sr`` times per side, queries and keys ``c_ratio`` x wide."""
 
@@ -93,6 +102,11 @@ class ScalableAttentionSpec(Component):
     sr: Size = 1
     c_ratio: Ratio = 1.25
     qkv_bias: bool = True
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "ssa(heads=2, sr=3)"}]},
+                       ("3x24x24", "3x24x36", "3x36x36"), ("input", "3x16x16"), ("stages", 0, "mixer"))
 
     def scaled(self, channels: int) -> int:
         """``C'``: the width of queries and keys (the full width when ``sr=1``)."""

@@ -18,7 +18,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from .. import cost as C
-from ..components import MIXERS, Component, ShapeProblem, Size, plain_grid
+from ..components import MIXERS, Example, Mixer, ShapeProblem, Size, plain_grid
 from ..cost import TensorShape
 from .attention import MultiHeadAttention, check_heads
 
@@ -157,7 +157,7 @@ class WindowAttention(nn.Module):
 
 
 @MIXERS.register
-class WindowAttentionSpec(Component):
+class WindowAttentionSpec(Mixer):
     """``window(size=7, heads=3, shift=true, rpb=true, lim=false)``: attention within windows (O(N)).
 
     ``shift=true`` shifts the windows of every odd-indexed block of the stage (Swin's W-MSA /
@@ -173,6 +173,11 @@ class WindowAttentionSpec(Component):
     qkv_bias: bool = True
     lim: bool = False
     lim_kernel: Annotated[int, Field(ge=1, le=31)] = 3
+
+    @classmethod
+    def example(cls) -> Example:
+        return Example({"stem": "patch_embed(patch=4)", "stages": [{"depth": 2, "width": 16, "mixer": "window(size=3, heads=2, shift=true)"}]},
+                       ("3x24x24", "3x24x36", "3x36x36"), ("input", "3x16x16"), ("stages", 0, "mixer"))
 
     def geometry(self, shape: TensorShape, index: int) -> tuple[tuple, tuple]:
         return window_geometry(self.size, shape.height, shape.width, self.shift and index % 2 == 1)
@@ -195,6 +200,9 @@ class WindowAttentionSpec(Component):
         window, shift = self.geometry(shape, index)
         return WindowAttention(shape.channels, self.heads, (shape.height, shape.width), window, shift,
                                self.qkv_bias, self.rpb, self.lim_kernel if self.lim else 0)
+
+    def graft_window(self) -> int:
+        return self.size
 
     def describe(self, shape: TensorShape, index: int) -> str:
         (wh, ww), shift = self.geometry(shape, index)
