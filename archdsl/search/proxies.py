@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import get_act_layer
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class ProxyFailure(Exception):
@@ -192,7 +193,7 @@ def _synflow_pass(model: nn.Module, params: list[nn.Parameter], weights: list[to
         m._buffers[name] = b.to(dtype, copy=True) if b.is_floating_point() else b
     handles = [m.register_forward_hook(_bypass) for m in model.modules() if isinstance(m, NORMS)]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             output = model(torch.ones((1, *shape), dtype=dtype, device=device))
             tensors = [output] if isinstance(output, torch.Tensor) else list(output)
             flow = sum(t.sum() for t in tensors)
@@ -231,6 +232,15 @@ def synflow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> flo
     - float64 (parameters, floating buffers and the input) where the device allows it, against
       overflow of ``R``; if the model fails to run in float64 (an op without a float64 kernel), the
       model's own dtype is used instead;
+    - attention (``F.scaled_dot_product_attention``) runs on PyTorch's math backend, the formula
+      itself: torch 2.14's fused CPU kernel returns NaN gradients on these very large, all-equal
+      float64 logits (measured on 6 of 40 ``tokens`` architectures), where the formula gives a
+      finite flow. A limit of the score itself, not of this code: every token of the all-ones input
+      is the same, so attention is a plain average and the queries' and keys' share of the flow is
+      zero in exact arithmetic; at logits of about 1e10 their float64 gradients are rounding noise
+      that can outweigh the rest (one ``tokens`` architecture: 9.0e33 here, 1.2e33 with softmax
+      attention written out as matrix products). On attention networks SynFlow is therefore not a
+      reliable ranking (``benchmarks/proxy_correlation.py``);
     - only parameters are made absolute, not buffers (a shifted-window attention mask of -100 must stay
       negative); the sum includes the absolute value, as the reference code has it.
 
