@@ -253,10 +253,11 @@ TOKENS_ARCH = """
 
 
 def test_synflow_through_attention_is_finite_where_the_fused_kernel_gives_nan():
-    """An architecture of ``search/tokens.yaml`` (arch a18b40e844374919): with every weight absolute,
-    its attention logits reach about 1e10 and torch 2.14's fused CPU attention backward returns NaN
-    gradients in float64 (SynFlow was NaN on 6 of 40 ``tokens`` architectures). On the math backend
-    the score is finite and positive."""
+    """An architecture of ``search/tokens.yaml`` (window 2, no graft, 32 foreground tokens, SSA without
+    reduction; 10 classes here): with every weight absolute, its attention logits reach about 1e10
+    and torch 2.14's fused CPU attention backward returns NaN gradients in float64 for this model
+    (measured: SynFlow NaN on 6 of 40 ``tokens`` architectures). On the math backend the score is
+    finite and positive."""
     images, labels = batch()
     score = synflow(build(TOKENS_ARCH), images, labels)
     assert math.isfinite(score) and score > 0
