@@ -10,14 +10,14 @@ from __future__ import annotations
 from .compiler import ArchModel
 from .cost import Cost, TensorShape
 from .errors import Problem, SpecError
-from .export import export_model
 from .graph import Design
-from .optimize import optimize
 from .pipeline import DEFAULT_MAX_PARAMS, build_model, design_from_source, load_design
 from .source import Source, read_file, read_text
 from .spec import ModelSpec
-from .timm_registry import register_shipped_specs, register_spec
-from .timm_weights import load_timm_weights
+from .tools.export import export_model
+from .tools.optimize import optimize
+from .tools.timm_registry import register_shipped_specs, register_spec
+from .tools.timm_weights import load_timm_weights
 
 __all__ = ["ArchModel", "Cost", "DEFAULT_MAX_PARAMS", "Design", "ModelSpec", "Problem", "Source", "SpecError",
            "TensorShape", "build_model", "design_from_source", "export_model", "load_design", "load_timm_weights",

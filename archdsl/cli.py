@@ -15,7 +15,12 @@ from .expr import ExprError, evaluate, parse
 from .graph import Design
 from .pipeline import DEFAULT_MAX_PARAMS, build_model, design_from_source
 from .search.candidate import option_problems
-from .search.settings import Objective, SearchSettings, load_search, split_search_section
+from .search.settings import (
+    Objective,
+    SearchSettings,
+    load_search,
+    split_search_section,
+)
 from .search.space import dimensions
 from .source import Source, read_file
 
@@ -152,10 +157,10 @@ def report_optimized(model, image, batch: int, rounds: int = 3) -> int:
 
     import torch
 
-    from .optimize import images_per_second, optimize
-    from .testing import perturb_norms
+    from .tools.optimize import images_per_second, optimize
+    from .tools.testing import perturb_norms
 
-    perturb_norms(model, torch.Generator().manual_seed(0))  # see archdsl.testing: partial attention's ranking
+    perturb_norms(model, torch.Generator().manual_seed(0))  # see archdsl.tools.testing: partial attention's ranking
     x = torch.randn(batch, image.channels, image.height, image.width)
     with torch.inference_mode():
         expected = model.eval()(x)
@@ -176,7 +181,7 @@ def report_optimized(model, image, batch: int, rounds: int = 3) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import check_target, export_model, exported_difference
+    from .tools.export import check_target, export_model, exported_difference
 
     try:
         path, fmt = check_target(args.output, args.format)
@@ -184,10 +189,10 @@ def cmd_export(args) -> int:
         raise SystemExit(f"archdsl export: {exc}")
     import torch
 
-    from .testing import perturb_norms
+    from .tools.testing import perturb_norms
 
     # random weights, norms included: with timm's norm init partial attention ranks tied scores
-    # (archdsl.testing), and the check below would compare two arbitrary picks
+    # (archdsl.tools.testing), and the check below would compare two arbitrary picks
     model = perturb_norms(build_model(_design(args)), torch.Generator().manual_seed(0))
     export_model(model, path, fmt)
     diff = exported_difference(model, path)
@@ -212,7 +217,7 @@ def cmd_flops(args) -> int:
     image = design.graph.nodes["input"]["out_shape"]
     report = None
     if args.trace:
-        from .trace import traced_cost
+        from .tools.trace import traced_cost
         model = build_model(design)
         report = traced_cost(model, (image.channels, image.height, image.width))
         for row in rows:
@@ -330,7 +335,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .drawing import FORMATS, draw
+    from .tools.drawing import FORMATS, draw
 
     if Path(args.output).suffix not in FORMATS:
         raise SystemExit(f"archdsl graph: {args.output} must end in {', '.join(FORMATS)}")
@@ -340,7 +345,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .schema import schema_text
+    from .tools.schema import schema_text
 
     if args.output:
         Path(args.output).write_text(schema_text(), encoding="utf-8")

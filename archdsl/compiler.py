@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .cost import TensorShape
 from .graph import Design
-from .layout import map_to_tokens, tokens_to_map
+from .layers.layout import map_to_tokens, tokens_to_map
 
 
 class ToLayout(nn.Module):

@@ -1,6 +1,6 @@
 """Tensor shapes and the analytic cost model, in fvcore's convention (a multiply-add is one FLOP).
 
-These formulas mirror what ``archdsl.trace`` counts on the built model: fvcore's handles for
+These formulas mirror what ``archdsl.tools.trace`` counts on the built model: fvcore's handles for
 linear, conv, matmul and norm layers, plus archdsl's handles for
 ``scaled_dot_product_attention`` and ``mean``. Element-wise ops (add, GELU, softmax) cost 0.
 """

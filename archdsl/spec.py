@@ -6,15 +6,25 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from .blocks import StageSpecUnion
-from .components import MIXERS, NORMS, STAGES, STEMS, DOWNSAMPLES, Channels, Component, Probability, Registry
+from .components import (
+    DOWNSAMPLES,
+    MIXERS,
+    NORMS,
+    STAGES,
+    STEMS,
+    Channels,
+    Component,
+    Probability,
+    Registry,
+)
+from .components.blocks import StageSpecUnion
+from .components.head import HeadSpec
+from .components.options.graft import GraftSpec
+from .components.options.position import PegSpec
+from .components.stems import StemSpec
 from .errors import SpecError, ValidationMapper, did_you_mean
 from .expr import is_search_form
-from .graft import GraftSpec
-from .head import HeadSpec
-from .position import PegSpec
 from .source import Source
-from .stems import StemSpec
 
 ImageSize = Annotated[int, Field(ge=1, le=16_384)]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import archdsl
 from archdsl.expr import parse
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "swin_t.yaml"
 MAX_ANALYTIC_MS = 20.0

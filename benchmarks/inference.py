@@ -5,7 +5,7 @@ default, at 3x224x224) of DeiT-T, Swin-T and ResNet-50 built from ``specs/*.yaml
 models they reproduce (``deit_tiny_patch16_224``, ``swin_tiny_patch4_window7_224``, ``resnet50``;
 random init, its weights copied into the archdsl model), and of two mixer specs without a timm
 counterpart (``mat_2``, ``partialformer_b1``; random init with randomised norm parameters, see
-``archdsl.testing.perturb_norms``), in three forms: timm eager, archdsl eager
+``archdsl.tools.testing.perturb_norms``), in three forms: timm eager, archdsl eager
 (``model.eval()`` under ``torch.inference_mode()``) and archdsl optimized (``archdsl.optimize``:
 channels_last where convolutions dominate, ``torch.compile`` with inductor freezing and dynamic
 shapes). Also this machine's fp32 matmul peak, measured in the same run (a ``--peak-size``
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from archdsl.optimize import images_per_second
+from archdsl.tools.optimize import images_per_second
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixer_scaling import REUSING_ALLOCATOR  # noqa: E402
@@ -81,7 +81,7 @@ def measure(spec: str, timm_name: str | None, args) -> dict:
     import timm
 
     import archdsl
-    from archdsl.testing import perturb_norms
+    from archdsl.tools.testing import perturb_norms
 
     design = archdsl.load_design(SPECS / f"{spec}.yaml")
     model = archdsl.build_model(design).eval()

@@ -27,7 +27,7 @@ import timm
 import torch
 
 import archdsl
-from archdsl.optimize import images_per_second
+from archdsl.tools.optimize import images_per_second
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 MODELS = [("deit_t", "deit_tiny_patch16_224"), ("swin_t", "swin_tiny_patch4_window7_224"), ("resnet50", "resnet50")]

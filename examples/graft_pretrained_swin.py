@@ -3,7 +3,7 @@
 1. Build ``specs/swin_t_graft.yaml`` and copy a timm ``swin_tiny_patch4_window7_224`` state dict
    into its backbone with ``archdsl.load_timm_weights(model, timm_model, new=("graft",))``: every
    backbone entry pairs with timm's, and the keys left over are the grafts' (printed).
-2. How the graft is initialised and what it does at step 0 (``archdsl/graft.py``): LayerNorms at
+2. How the graft is initialised and what it does at step 0 (``archdsl/components/options/graft.py``): LayerNorms at
    ones and zeros, linears with PyTorch's default Kaiming-uniform, the anti-aliasing embedding and
    the relative position bias tables from a normal of std 0.02. So a new graft adds a term at once
    and the grafted model no longer computes the pretrained function. Measured here (random

@@ -3,7 +3,7 @@ hosts it (the kind's ``example()``, ``archdsl.components.Example``).
 
 At each of the example's input sizes (a square, a non-square and an odd token grid where the kind's
 rules allow): the spec validates and holds the kind; analytic params equal the built model's;
-analytic FLOPs are within 1% of the traced count (``archdsl.trace``, fvcore); a training forward and
+analytic FLOPs are within 1% of the traced count (``archdsl.tools.trace``, fvcore); a training forward and
 backward are finite. At its first size: ``torch.export`` and ONNX (onnxruntime) and
 ``archdsl.optimize`` (``torch.compile``) agree with eager within 1e-4. The example's rule-breaking
 change is refused with a located message (``file:line:col: field: ...``) at the kind's place. A
@@ -32,13 +32,13 @@ from archdsl.components import (
 )
 from archdsl.cost import ZERO
 from archdsl.errors import SpecError
-from archdsl.testing import (
+from archdsl.tools.testing import (
     eager_and_optimized,
     exported_difference_after,
     perturb_norms,
     write_example,
 )
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 
 REGISTRIES = (MIXERS, NORMS, STEMS, DOWNSAMPLES, STAGES, STAGE_OPTIONS)
 TOLERANCE = 1e-4

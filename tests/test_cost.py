@@ -5,7 +5,7 @@ import pytest
 import archdsl
 from archdsl import SpecError
 from archdsl.source import read_file
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT, SPECS
 
 SECOND_SIZES = [(256, 256), (448, 448), (224, 448), (320, 192), (160, 160)]

@@ -4,7 +4,7 @@ import re
 import pytest
 
 import archdsl
-from archdsl.drawing import draw, rows, to_dot
+from archdsl.tools.drawing import draw, rows, to_dot
 from conftest import ROOT, SPECS
 
 

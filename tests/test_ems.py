@@ -6,8 +6,8 @@ import torch.nn as nn
 import archdsl
 from archdsl import SpecError
 from archdsl.cost import TensorShape
-from archdsl.mixers.ems import ConvMultiHeadAttention, ConvMultiHeadAttentionSpec, EMSSpec
-from archdsl.trace import traced_cost
+from archdsl.components.mixers.ems import ConvMultiHeadAttention, ConvMultiHeadAttentionSpec, EMSSpec
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT, Tokens, grid
 
 # table 3.1 (params, FLOPs at 224x224, printed to one decimal in M and G) and what the specs measure
@@ -17,7 +17,7 @@ MEASURED = {"xxtiny": (2_498_442, 471_057_120), "xtiny": (2_262_375, 609_607_056
             "tiny": (5_319_807, 1_662_574_448)}
 # which figures (params, FLOPs) meet the table: within 5% or the printed rounding
 MEETS = {"xxtiny": (True, True), "xtiny": (False, False), "tiny": (True, False)}
-# measured / paper where the table is not reached by any reading found (archdsl/mixers/ems.py)
+# measured / paper where the table is not reached by any reading found (archdsl/components/mixers/ems.py)
 SHORTFALL = {"xtiny": (0.754, 0.871), "tiny": (None, 0.875)}
 
 
@@ -262,7 +262,7 @@ def test_a_class_token_is_refused(write_spec):
 def test_specs_against_table_3_1(name):
     """Exact measured figures; XXTiny's params and FLOPs and Tiny's params meet table 3.1 (within 5%
     or the printed rounding); the rest keeps its documented distance (no reading found reaches it;
-    see archdsl/mixers/ems.py)."""
+    see archdsl/components/mixers/ems.py)."""
     design = archdsl.load_design(ROOT / "specs" / f"emsnet_{name}.yaml")
     assert (design.cost.params, design.cost.flops) == MEASURED[name]
     params, flops = PAPER[name]

@@ -17,8 +17,8 @@ import torch.nn as nn
 from conftest import ROOT, SPECS, TINY_PARTIAL, sweep
 
 import archdsl
-from archdsl.export import export_model, onnx_translations
-from archdsl.testing import exported_difference_after
+from archdsl.tools.export import export_model, onnx_translations
+from archdsl.tools.testing import exported_difference_after
 
 EXPORT_BATCH, RUN_BATCH = 2, 3  # exported at one batch size, run at another: the batch is dynamic
 TOLERANCE = 1e-4
@@ -39,7 +39,7 @@ TINY_WINDOW = """
 """
 
 def check_export(model: nn.Module, tmp_path: Path, fmt: str) -> float:
-    """Export at batch 2, reload, run at batch 3 (``archdsl.testing.exported_difference_after``); returns the
+    """Export at batch 2, reload, run at batch 3 (``archdsl.tools.testing.exported_difference_after``); returns the
     max abs difference to eager."""
     diff, seconds = exported_difference_after(model, tmp_path, fmt, EXPORT_BATCH, RUN_BATCH)
     print(f"\n{model.spec.name} {fmt}: exported in {seconds:.1f} s, max abs difference {diff:.3g}")

@@ -5,7 +5,7 @@ import timm
 
 import archdsl
 from archdsl import SpecError
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT
 
 C = 16  # probe width
@@ -168,7 +168,7 @@ def test_bad_options_name_the_field(write_spec, graft, kw, expected):
 
 # -- specs ----------------------------------------------------------------------------------------
 
-FIGURES = {  # spec: (paper params, paper GFLOPs); unreachable (archdsl/graft.py): the separate-FFN row, and
+FIGURES = {  # spec: (paper params, paper GFLOPs); unreachable (archdsl/components/options/graft.py): the separate-FFN row, and
     # Swin-T + GrafT's 5.1 GFLOPs (4.91 here, within the 5% below but not the printed rounding)
     "deit_t_graft": (7.9e6, 1.2e9),
     "swin_t_graft": (34.0e6, 5.1e9),

@@ -8,10 +8,10 @@ import archdsl
 from archdsl import SpecError
 from archdsl.components import MIXERS
 from archdsl.cost import TensorShape
-from archdsl.downsample import BilinearPESpec
-from archdsl.mixers.attention import mhsa_cost
-from archdsl.mixers.window import WindowAttentionSpec
-from archdsl.trace import traced_cost
+from archdsl.components.downsample import BilinearPESpec
+from archdsl.components.mixers.attention import mhsa_cost
+from archdsl.components.mixers.window import WindowAttentionSpec
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT, Tokens, grid
 
 # table 4.3: params, GFLOPs at 224x224; and what the specs measure (analytic = traced)

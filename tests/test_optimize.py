@@ -10,8 +10,8 @@ import torch._dynamo
 from conftest import ROOT, SPECS, TINY_ATTENTION, sweep
 
 import archdsl
-from archdsl.optimize import CONV_SHARE, conv_share
-from archdsl.testing import eager_and_optimized
+from archdsl.tools.optimize import CONV_SHARE, conv_share
+from archdsl.tools.testing import eager_and_optimized
 
 TOLERANCE = 1e-4
 

@@ -5,8 +5,8 @@ import torch
 import archdsl
 from archdsl import SpecError
 from archdsl.cost import TensorShape
-from archdsl.mixers.partial import PartialAttentionSpec
-from archdsl.trace import traced_cost
+from archdsl.components.mixers.partial import PartialAttentionSpec
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT, Tokens, grid
 
 # table 5.1: params, GFLOPs (printed to one decimal) at 224x224

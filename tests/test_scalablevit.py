@@ -11,10 +11,10 @@ import torch.nn.functional as F
 import archdsl
 from archdsl import SpecError
 from archdsl.cost import TensorShape
-from archdsl.mixers.scalable import ScalableAttentionSpec
-from archdsl.mixers.window import WindowAttentionSpec
+from archdsl.components.mixers.scalable import ScalableAttentionSpec
+from archdsl.components.mixers.window import WindowAttentionSpec
 from archdsl.source import read_file
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT
 
 SPEC = ROOT / "specs" / "scalablevit_s.yaml"

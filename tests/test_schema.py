@@ -5,7 +5,7 @@ import jsonschema
 import pytest
 import yaml
 
-from archdsl.schema import schema_text, spec_schema
+from archdsl.tools.schema import schema_text, spec_schema
 from conftest import ROOT, SPECS
 
 VALIDATOR = jsonschema.Draft202012Validator(spec_schema())

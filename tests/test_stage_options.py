@@ -5,7 +5,7 @@ import torch
 
 import archdsl
 from archdsl import SpecError
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 
 
 def spec(mixer: str, peg: str = "null", size: int = 28, depth: int = 2, cls: str = "false") -> str:

@@ -154,7 +154,7 @@ def test_a_duplicate_kind_is_refused_naming_the_first_class():
     from typing import Literal
 
     from archdsl.components import MIXERS, Registry
-    from archdsl.mixers.identity import IdentityMixerSpec
+    from archdsl.components.mixers.identity import IdentityMixerSpec
 
     class AnotherIdentity(IdentityMixerSpec):
         kind: Literal["identity"] = "identity"
@@ -163,7 +163,7 @@ def test_a_duplicate_kind_is_refused_naming_the_first_class():
     registry.register(IdentityMixerSpec)
     registry.register(IdentityMixerSpec)  # the same class again: nothing changes
     with pytest.raises(ValueError, match=r"mixer 'identity' is already registered by "
-                                         r"archdsl\.mixers\.identity\.IdentityMixerSpec"):
+                                         r"archdsl\.components\.mixers\.identity\.IdentityMixerSpec"):
         registry.register(AnotherIdentity)
     assert registry.classes == {"identity": IdentityMixerSpec}
     with pytest.raises(ValueError, match="already registered"):

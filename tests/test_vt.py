@@ -6,10 +6,10 @@ import torch.nn.functional as F
 
 import archdsl
 from archdsl import SpecError
-from archdsl.blocks.visual_transformer import VisualTransformerStageSpec, seed_grid
+from archdsl.components.blocks.visual_transformer import VisualTransformerStageSpec, seed_grid
 from archdsl.cost import TensorShape
 from archdsl.source import read_text
-from archdsl.trace import traced_cost
+from archdsl.tools.trace import traced_cost
 from conftest import ROOT
 
 # tables 2 and 8 at 224x224 (VT-R34: table 2's row; table 8 prints 19.2M, 3.236G), and the

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pipeline import design_from_source
 from ..errors import Problem, SpecError
 from ..graph import Design
+from ..pipeline import design_from_source
 from ..source import Source
 from .settings import Budget, SearchFile
 from .space import Dimension, extremes, substitute
