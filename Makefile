@@ -22,11 +22,12 @@ demo: $(VENV)/.installed
 	rm -rf results/demo
 	$(BIN)/archdsl search search/mixer_placement.yaml --trials 3 --out results/demo
 
+# the tests run in one process per core (pytest-xdist), a test file to a process
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
 
 test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py

@@ -1,3 +1,4 @@
+import os
 import textwrap
 from pathlib import Path
 
@@ -16,6 +17,14 @@ SPECS = sorted((ROOT / "specs").glob("**/*.yaml"))
 # ``make test-all``.
 REPRESENTATIVES = frozenset({"deit_t", "swin_t_graft", "emsnet_xxtiny", "mat_1", "partialformer_b0",
                              "scalablevit_s", "resnet50", "vt_r18"})
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one process per core) each process gets its share of
+    the cores as torch threads, so the processes do not oversubscribe them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def sweep(paths: list[Path]) -> list:
