@@ -22,12 +22,12 @@ demo: $(VENV)/.installed
 	rm -rf results/demo
 	$(BIN)/archdsl search search/mixer_placement.yaml --trials 3 --out results/demo
 
-# the tests run in one process per core (pytest-xdist), a test file to a process
+# the tests run in one process per core (pytest-xdist; an idle process takes tests queued for a busy one)
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal
 
 test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py
