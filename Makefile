@@ -23,11 +23,13 @@ demo: $(VENV)/.installed
 	$(BIN)/archdsl search search/mixer_placement.yaml --trials 3 --out results/demo
 
 # the tests run in one process per core (pytest-xdist; an idle process takes tests queued for a busy one)
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist worksteal
+
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal
+	$(PYTEST) -m "not slow"
 
 test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n auto --dist worksteal
+	$(PYTEST)
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py

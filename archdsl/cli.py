@@ -15,12 +15,7 @@ from .expr import ExprError, evaluate, parse
 from .graph import Design
 from .pipeline import DEFAULT_MAX_PARAMS, build_model, design_from_source
 from .search.candidate import option_problems
-from .search.settings import (
-    Objective,
-    SearchSettings,
-    load_search,
-    split_search_section,
-)
+from .search.settings import Objective, SearchSettings, load_search, split_search_section
 from .search.space import dimensions
 from .source import Source, read_file
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Path as FieldPath
-from .errors import Problem, SpecError
+from .errors import Path as FieldPath, Problem, SpecError
 from .expr import ExprError, Ref, check_magnitude, evaluate, parse
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's composer when present; same marks

@@ -6,17 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
-from .components import (
-    DOWNSAMPLES,
-    MIXERS,
-    NORMS,
-    STAGES,
-    STEMS,
-    Channels,
-    Component,
-    Probability,
-    Registry,
-)
+from .components import DOWNSAMPLES, MIXERS, NORMS, STAGES, STEMS, Channels, Component, Probability, Registry
 from .components.blocks import StageSpecUnion
 from .components.head import HeadSpec
 from .components.options.graft import GraftSpec

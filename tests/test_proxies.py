@@ -241,7 +241,7 @@ def test_synflow_bypasses_batchnorm_and_runs_in_float64():
 
 
 TOKENS_ARCH = """
-    name: tokens_a18b40e8
+    name: tokens_window2
     input: 3x32x32
     stem: patch_embed(patch=2, norm=layernorm)
     stages:

@@ -135,8 +135,9 @@ class Mixer(Component, abc.ABC):
         """Called for the build table: block ``index``'s mixer in a few words (``window(7x7, heads=3)``)."""
 
     def graft_window(self) -> int | None:
-        """Hook asked by a graft (``archdsl/components/options/graft.py``) on a block of this mixer: the L-MSA window its
-        coarser scales use unless the graft names one; ``None`` (the default): no graft attaches."""
+        """Hook asked by a graft (``components/options/graft.py``) on a block of this mixer: the L-MSA
+        window its coarser scales use unless the graft names one; ``None`` (the default): no graft
+        attaches."""
         return None
 
 

@@ -234,13 +234,14 @@ def synflow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> flo
       model's own dtype is used instead;
     - attention (``F.scaled_dot_product_attention``) runs on PyTorch's math backend, the formula
       itself: on these very large float64 logits torch 2.14's fused CPU kernel returns wrong gradients
-      (on the 40 ``tokens`` architectures of ``benchmarks/proxy_correlation.py``: NaN on 6; of the other
-      34, one equals the formula's score and the rest are 5e-11 to 4e16 times it, median 100). A limit of the score itself, not of this code:
-      every token of the all-ones input is the same, so attention is a plain average and the queries'
-      and keys' share of the flow is zero in exact arithmetic; at logits of about 1e10 their float64
-      gradients are rounding noise, which on 5 of those 40 architectures moves the score by a factor
-      of 0.18-9.8 against softmax attention written out as matrix products (equal to 1e-6 on the other
-      35). On attention networks SynFlow is therefore not a reliable ranking;
+      (on the 40 ``tokens`` architectures of ``benchmarks/proxy_correlation.py``: NaN on 6; of the
+      other 34, one equals the formula's score and the rest are 5e-11 to 4e16 times it, median 100).
+      A limit of the score itself, not of this code: every token of the all-ones input is the same,
+      so attention is a plain average and the queries' and keys' share of the flow is zero in exact
+      arithmetic; at logits of about 1e10 their float64 gradients are rounding noise, which on 5 of
+      those 40 architectures moves the score by a factor of 0.18-9.8 against softmax attention
+      written out as matrix products (equal to 1e-6 on the other 35). On attention networks SynFlow
+      is therefore not a reliable ranking;
     - only parameters are made absolute, not buffers (a shifted-window attention mask of -100 must stay
       negative); the sum includes the absolute value, as the reference code has it.
 

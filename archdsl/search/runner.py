@@ -36,26 +36,10 @@ from .noise import ALPHA, TEST_TEXT, confirm, pooled_std, seed_values, tie_p_val
 from .objectives import ANALYTIC, BUILT_IN, SEEDED, CustomObjective, search_metrics
 from .proposals import Proposer, is_done
 from .pruners import make_pruner, pruning_note
-from .report import (
-    TrialRow,
-    pareto_front,
-    plot_trials,
-    results_table,
-    spec_yaml,
-    write_atomic,
-    write_csv,
-)
+from .report import TrialRow, pareto_front, plot_trials, results_table, spec_yaml, write_atomic, write_csv
 from .settings import SearchFile, SearchSettings, load_search
 from .space import substitute, suggest
-from .storage import (
-    WORKER,
-    open_storage,
-    open_study,
-    recover,
-    register_worker,
-    sampler_seed,
-    with_driver,
-)
+from .storage import WORKER, open_storage, open_study, recover, register_worker, sampler_seed, with_driver
 from .training import resolve_device
 
 MAX_FAILURES = 5  # trials of this worker failing in a row stop it (a broken setup, not a bad candidate)
